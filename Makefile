@@ -1,0 +1,44 @@
+# mdream — `make run` sets up and describes the sample image; `make test` sets up and tests.
+# CUDA=1 builds llama-cpp-python with CUDA (e.g. `make install CUDA=1`).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)
+CMAKE_ARGS_CUDA := -DGGML_CUDA=on
+LLAMA_SPEC := >=0.3.36,<0.4
+
+.PHONY: install run demo test test-fast lint fix bench bench-ref privacy-check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+ifdef CUDA
+	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" FORCE_CMAKE=1 $(PY) -m pip install --quiet \
+	  --no-cache-dir --force-reinstall --no-deps "llama-cpp-python$(LLAMA_SPEC)"
+endif
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run demo: install
+	VENV=$(VENV) ./scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m mypy
+
+fix: install
+	$(PY) -m ruff check --fix src tests scripts
+	$(PY) -m ruff format src tests scripts
+
+clean:
+	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The `mdream` command line: the only place that imports typer and rich."""

@@ -1,0 +1,65 @@
+"""The one exception family the core raises, and the exit codes the CLI maps it to.
+
+Exit codes (documented in README.md):
+    0  success
+    1  an input failed (unreadable, corrupt, unsupported image; bad question)
+    2  usage error (bad option, bad schema)
+    3  model missing, invalid or failed verification
+    4  network access attempted during inference
+  130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+EXIT_NETWORK = 4
+EXIT_INTERRUPTED = 130
+
+
+class MdreamError(Exception):
+    """Base of every error mdream reports to a user. ``str(err)`` is the one-line message."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InputError(MdreamError):
+    """One input (an image, a question) cannot be used; a batch goes on without it."""
+
+    exit_code = EXIT_INPUT
+
+
+class UsageError(MdreamError):
+    """The command line or an option's value is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelError(MdreamError):
+    """No usable model: missing, not a Moondream GGUF pair, or failed verification."""
+
+    exit_code = EXIT_MODEL
+
+
+class BundleError(ModelError):
+    """A bundle tarball or recipe is invalid, or installing it failed."""
+
+
+class FetchError(ModelError):
+    """Downloading or checking model weights failed."""
+
+
+class NetworkAttempted(MdreamError):
+    """Something tried to use the network while an image was being processed."""
+
+    exit_code = EXIT_NETWORK

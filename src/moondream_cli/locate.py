@@ -1,0 +1,111 @@
+"""Find the model to use: ``--model-dir``, else ``MDREAM_MODEL``, else the default bundle.
+
+A model folder is either an installed bundle (it holds ``manifest.json``) or any folder
+holding one text GGUF and one mmproj GGUF, told apart by their GGUF metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import manifest as mf
+from . import paths
+from .errors import ModelError
+from .gguf_meta import architecture
+
+NO_MODEL_HINT = (
+    "no model installed — run `mdream fetch` (online), or `mdream bundle install FILE.tar` "
+    "(offline), or pass --model-dir DIR"
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    text: Path
+    mmproj: Path
+    name: str
+    bundle: Path | None = None  # the installed bundle folder, when it is one
+
+
+def resolve(model_dir: str | os.PathLike[str] | None = None) -> ModelFiles:
+    """Return the model files to load, checked; raise ModelError with what to do next."""
+    if model_dir is not None:
+        return from_dir(Path(model_dir))
+    env = os.environ.get("MDREAM_MODEL")
+    if env:
+        candidate = Path(env).expanduser()
+        if candidate.is_dir():
+            return from_dir(candidate)
+        installed = paths.models_dir() / env
+        if mf.valid_name(env) and installed.is_dir():
+            return from_dir(installed)
+        raise ModelError(f"MDREAM_MODEL={env!r} is neither a folder nor an installed bundle")
+    name = default_bundle_name()
+    if name is None:
+        raise ModelError(NO_MODEL_HINT)
+    return from_dir(paths.models_dir() / name)
+
+
+def installed_bundles() -> list[str]:
+    root = paths.models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and (p / mf.MANIFEST).is_file()
+    )
+
+
+def default_bundle_name() -> str | None:
+    """The bundle named in ``MDREAM_HOME/default``, else the only installed one."""
+    installed = installed_bundles()
+    try:
+        named = paths.default_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        named = ""
+    if named and named in installed:
+        return named
+    if len(installed) == 1:
+        return installed[0]
+    if installed:
+        raise ModelError(
+            f"several bundles are installed ({', '.join(installed)}) and none is the default — "
+            "pass --model-dir or set MDREAM_MODEL=NAME"
+        )
+    return None
+
+
+def from_dir(directory: Path) -> ModelFiles:
+    if not directory.is_dir():
+        raise ModelError(f"model folder not found — {NO_MODEL_HINT}", path=str(directory))
+    if (directory / mf.MANIFEST).is_file():
+        return _from_bundle(directory)
+    return _from_loose_files(directory)
+
+
+def _from_bundle(directory: Path) -> ModelFiles:
+    manifest = mf.read_manifest(directory)
+    if not mf.verified_recently(directory, manifest):
+        # Never verified here, or changed since: hash in full before trusting it.
+        mf.verify_full(directory, manifest)
+    return ModelFiles(
+        text=directory / manifest.entry("text").path,
+        mmproj=directory / manifest.entry("mmproj").path,
+        name=manifest.name,
+        bundle=directory,
+    )
+
+
+def _from_loose_files(directory: Path) -> ModelFiles:
+    texts: list[Path] = []
+    projectors: list[Path] = []
+    for path in sorted(directory.glob("*.gguf")):
+        (projectors if architecture(path) == "clip" else texts).append(path)
+    if len(texts) != 1 or len(projectors) != 1:
+        raise ModelError(
+            f"expected one text GGUF and one mmproj GGUF, found {len(texts)} and "
+            f"{len(projectors)}",
+            path=str(directory),
+        )
+    return ModelFiles(text=texts[0], mmproj=projectors[0], name=directory.name)

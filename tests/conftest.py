@@ -1,0 +1,95 @@
+"""Shared fixtures: isolated user state, the tiny Moondream2-shaped GGUF pair, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+import moondream_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own MDREAM_HOME and HF cache; no real user state is touched."""
+    home = tmp_path / "mdream-home"
+    monkeypatch.setenv("MDREAM_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "100")
+    for var in ("MDREAM_MODEL", "MDREAM_DEBUG", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the tiny random-weight text GGUF + mmproj (written in well under 1 s)."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    moondream_gguf.write_pair(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def md(tiny_model: Path) -> Iterator[object]:
+    """One loaded Moondream on the tiny pair, shared by the API tests."""
+    from moondream_cli import Moondream
+    from moondream_cli.engine import EngineOptions
+
+    model = Moondream(tiny_model, options=EngineOptions(threads=2))
+    yield model
+    model.close()
+
+
+def draw_photo(size: tuple[int, int] = (96, 64), seed: int = 0) -> Image.Image:
+    """A small photo-like RGB picture: a gradient with a couple of shapes."""
+    w, h = size
+    img = Image.linear_gradient("L").resize((w, h)).convert("RGB")
+    d = ImageDraw.Draw(img)
+    d.rectangle((w // 8, h // 6, w // 2, h // 2), fill=(200, 40 + seed * 30 % 200, 40))
+    d.ellipse((w // 2, h // 3, w - 4, h - 4), fill=(30, 90, 200))
+    return img
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.jpg"
+    draw_photo().save(path, quality=90)
+    return path
+
+
+def run_mdream(
+    *args: str | os.PathLike[str],
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `mdream` entry point in a child process (C-level output included)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "moondream_cli", *map(str, args)],
+        input=input if input is not None else b"",
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def mdream() -> object:
+    return run_mdream
+
+
+def argv(*parts: str | os.PathLike[str]) -> Sequence[str]:
+    return [str(p) for p in parts]
