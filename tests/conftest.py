@@ -74,6 +74,10 @@ def run_mdream(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the real `mdream` entry point in a child process (C-level output included)."""
     full_env = dict(os.environ)
+    # The child imports this checkout's code, whichever checkout the venv was installed from.
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), full_env.get("PYTHONPATH", "")) if p
+    )
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "moondream_cli", *map(str, args)],
