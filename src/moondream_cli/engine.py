@@ -48,6 +48,15 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or (logical or 1), logical or 1))
 
 
+@lru_cache(maxsize=1)
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     threads: int | None = None  # None: physical cores
@@ -112,6 +121,9 @@ class Engine:
         ll, mtmd = self._ll, self._mtmd
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 999 if self.on_gpu else 0
+        # llama.cpp's AMX weight repacking segfaults on quantized models (ggml-org/llama.cpp
+        # #20824; seen here with every Q4_K_M bundle): keep plain CPU buffers on AMX CPUs.
+        mparams.use_extra_bufts = not _cpu_has_amx()
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.text), mparams)
         if not self._model:
             raise ModelError("cannot load the text model (run with --verbose for llama.cpp's reason)",
