@@ -228,6 +228,9 @@ def _check_member(
     where: str,
 ) -> None:
     name = member.name
+    if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+        # data_filter would quietly make these relative; a bundle never contains them.
+        raise BundleError(f"unsafe member {name!r} refused: path leaves the bundle", path=where)
     try:
         # The stdlib's own safety filter first (absolute paths, "..", links out, devices)...
         tarfile.data_filter(member, str(staging))

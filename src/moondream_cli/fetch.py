@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ class Source:
     sha256: str
     name: str  # its name in the hub repo / the folder
     verified: list[str] = field(default_factory=list)  # what its sha256 was checked against
+    commit: str | None = None  # the hub commit it was downloaded at
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ def fetch(
 
 
 def _hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
+    # Without this, huggingface-hub makes an extra request (an "agent harnesses" registry
+    # to decorate its user agent). Read at import; an explicit setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -149,6 +154,8 @@ def _hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
         except FetchError:
             _evict(link, blob)
             raise
+        # The cache keeps each file under snapshots/<commit>/: the revision actually fetched.
+        sources[want.role].commit = link.parent.name
     return sources
 
 
@@ -375,7 +382,9 @@ def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dic
     source: dict[str, Any] = {
         "recipe": recipe.name if recipe else None,
         "repo": recipe.repo if recipe else None,
-        "revision": recipe.revision if recipe else None,
+        "revision": next((s.commit for s in sources.values() if s.commit), None)
+        or (recipe.revision if recipe else None),
+        "revision_requested": recipe.revision if recipe else None,
         "files": [
             {
                 "role": s.role,

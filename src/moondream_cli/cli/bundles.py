@@ -120,7 +120,10 @@ def fetch(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Download Moondream2 once, verify it, quantize to Q4_K_M, install it (and pack a tarball)."""
+    """Download Moondream2 once, verify it, quantize to Q4_K_M, install it (and pack a tarball).
+
+    Prints the tarball's path with --output, else the installed bundle's name.
+    """
     from ..fetch import fetch as run_fetch
 
     progress = make_progress(quiet)
@@ -138,8 +141,8 @@ def fetch(
     if result.installed is not None:
         state = "already installed" if result.already else "installed"
         progress.say(f"{state}: {result.name} in {result.installed}")
-    if result.tarball is not None:
-        sys.stdout.write(f"{result.tarball}\n")
+    # stdout: what was produced — the tarball's path, else the installed bundle's name.
+    sys.stdout.write(f"{result.tarball if result.tarball is not None else result.name}\n")
 
 
 def install(
