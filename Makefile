@@ -42,3 +42,9 @@ fix: install
 
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
+
+# Build the default Q4_K_M bundle (downloads the f16 GGUFs once) and keep its tarball in bundles/.
+.PHONY: bundle
+bundle: install
+	mkdir -p bundles
+	$(VENV)/bin/mdream fetch --output bundles/
