@@ -312,9 +312,15 @@ def _same_bundle_installed(target: Path, manifest_bytes: bytes, manifest: mf.Man
 
 @contextlib.contextmanager
 def staging(parent: Path, prefix: str, need: int) -> Iterator[Path]:
-    """A fresh folder in ``parent`` after checking free space; on failure it is removed,
-    with any folders this call had to create. OS errors become BundleError."""
+    """A fresh folder to build a bundle in, inside a hidden folder in ``parent``.
+
+    Free space is checked first. The bundle folder is nested one level down so that a
+    half-built one (after a crash) never looks like an installed bundle. On exit the hidden
+    folder is removed with whatever is left in it, and on failure so are any folders this
+    call had to create. OS errors become BundleError.
+    """
     created = [p for p in reversed([parent, *parent.parents]) if not p.exists()]
+    hidden: Path | None = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(parent).free
@@ -323,18 +329,23 @@ def staging(parent: Path, prefix: str, need: int) -> Iterator[Path]:
                 f"not enough free space in {parent}: {need / 2**20:,.0f} MiB needed, "
                 f"{free / 2**20:,.0f} MiB free"
             )
-        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        hidden = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        folder = hidden / "bundle"
+        folder.mkdir()
     except BaseException:
+        if hidden is not None:
+            shutil.rmtree(hidden, ignore_errors=True)
         _remove_created(created)
         raise
     try:
         yield folder
     except BaseException as exc:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(hidden, ignore_errors=True)
         _remove_created(created)
         if isinstance(exc, OSError) and not isinstance(exc, MdreamError):
             raise BundleError(f"failed: {exc.strerror or exc}") from exc
         raise
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _remove_created(created: list[Path]) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +81,7 @@ def fetch(
         raise FetchError(f"invalid bundle name {bundle_name!r}")
 
     installed = paths.models_dir() / bundle_name
+    quant = chosen.quantization if chosen else "Q4_K_M"
     if install and _already_built(installed, sources):
         progress.info(f"{bundle_name} is already installed from the same files")
         if make_default:
@@ -89,8 +89,9 @@ def fetch(
         tarball = bundle.pack(installed, output, progress) if output is not None else None
         return FetchResult(bundle_name, installed, tarball, already=True)
 
-    quant = chosen.quantization if chosen else "Q4_K_M"
-    need = sum(s.size for s in sources.values())
+    # Q4_K_M is about a third of f16; the mmproj is copied as it is.
+    ratio = 1.0 if quant == "F16" else 0.4
+    need = int(sources["text"].size * ratio) + sources["mmproj"].size
     with _workspace(install, output, bundle_name, need) as work:
         manifest = _build(work, bundle_name, chosen, sources, quant, threads, progress)
         tarball = bundle.pack(work, output, progress) if output is not None else None
@@ -320,7 +321,7 @@ def _already_built(installed: Path, sources: dict[str, Source]) -> bool:
 
 @contextlib.contextmanager
 def _workspace(install: bool, output: Path | None, name: str, need: int) -> Iterator[Path]:
-    """A build folder beside where the bundle ends up; removed on failure or when only packing."""
+    """A build folder beside where the bundle ends up; gone afterwards unless moved away."""
     if install:
         parent = paths.models_dir()
     else:
@@ -328,8 +329,6 @@ def _workspace(install: bool, output: Path | None, name: str, need: int) -> Iter
         parent = output if output.is_dir() else output.parent
     with bundle.staging(parent, f".build-{name}-", need) as work:
         yield work
-        if not install:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _build(
