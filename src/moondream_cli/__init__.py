@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import MdreamError
 
 __version__ = "0.1.0"
-__all__ = ["Moondream", "MdreamError", "__version__"]
+__all__ = ["MdreamError", "Moondream", "__version__"]
 
 if TYPE_CHECKING:
     from .api import Moondream

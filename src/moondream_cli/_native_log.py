@@ -20,7 +20,7 @@ def _emit(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
     try:
         sys.stderr.write(text.decode("utf-8", errors="replace"))
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 - a logging failure must never unwind into C
+    except Exception:
         pass
 
 

@@ -126,8 +126,10 @@ class Engine:
         mparams.use_extra_bufts = not _cpu_has_amx()
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.text), mparams)
         if not self._model:
-            raise ModelError("cannot load the text model (run with --verbose for llama.cpp's reason)",
-                             path=str(self.files.text))
+            raise ModelError(
+                "cannot load the text model (run with --verbose for llama.cpp's reason)",
+                path=str(self.files.text),
+            )
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = self.options.n_ctx
         cparams.n_batch = self.options.n_batch
@@ -147,9 +149,7 @@ class Engine:
         pparams.n_threads = self.threads
         pparams.print_timings = False
         pparams.warmup = self.on_gpu
-        self._mctx = mtmd.mtmd_init_from_file(
-            os.fsencode(self.files.mmproj), self._model, pparams
-        )
+        self._mctx = mtmd.mtmd_init_from_file(os.fsencode(self.files.mmproj), self._model, pparams)
         if not self._mctx:
             raise ModelError(
                 "cannot load the mmproj, or it does not match the text model "
@@ -209,7 +209,13 @@ class Engine:
                 raise InputError(f"libmtmd could not tokenize the image (code {rc})", path=label)
             new_n_past = ll.llama_pos(0)
             rc = mtmd.mtmd_helper_eval_chunks(
-                self._mctx, self._ctx, chunks, 0, 0, self.options.n_batch, False,
+                self._mctx,
+                self._ctx,
+                chunks,
+                0,
+                0,
+                self.options.n_batch,
+                False,
                 ctypes.byref(new_n_past),
             )
             if rc != 0:
@@ -236,19 +242,27 @@ class Engine:
         tokens = self._tokenize(question_prompt(question))
         room = self._n_ctx - self._prefix_len - len(tokens)
         if room < 1:
-            raise InputError(
-                f"question too long ({len(tokens)} tokens; {self._n_ctx - self._prefix_len - 1} fit)"
-            )
+            fit = self._n_ctx - self._prefix_len - 1
+            raise InputError(f"question too long ({len(tokens)} tokens; {fit} fit)")
         self._decode(tokens, self._prefix_len)
         sampler = self._sampler(sampling)
         try:
-            return self._generate(sampler, self._prefix_len + len(tokens),
-                                  min(sampling.max_tokens, room), sampling.grammar is None, on_text)
+            return self._generate(
+                sampler,
+                self._prefix_len + len(tokens),
+                min(sampling.max_tokens, room),
+                sampling.grammar is None,
+                on_text,
+            )
         finally:
             ll.llama_sampler_free(sampler)
 
     def _generate(
-        self, sampler: Any, pos: int, limit: int, stop_on_blank: bool,
+        self,
+        sampler: Any,
+        pos: int,
+        limit: int,
+        stop_on_blank: bool,
         on_text: Callable[[str], None] | None,
     ) -> str:
         ll = self._ll

@@ -12,7 +12,6 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -26,7 +25,7 @@ EXTENSIONS = frozenset(
 # at least this large, which is much faster for photos and loses nothing the model sees.
 DRAFT_SIZE = (756, 756)
 
-ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image]
+ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16/32-bit grey: scale to 8 bits instead of clipping everything above 255.
-        top = 65535 if mode.startswith("I;16") else max(1, (img.getextrema()[1] or 1))  # type: ignore[index]
-        img = img.convert("I").point(lambda v: v * (255.0 / float(top))).convert("L")  # type: ignore[arg-type, operator]
+        if mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            extrema = img.getextrema()
+            top = float(max(1, int(extrema[1])))  # type: ignore[arg-type]
+        scale = 255.0 / top
+        img = img.convert("I").point(lambda v: v * scale).convert("L")
     elif mode == "F":
         img = img.convert("L")
     if mode == "P" and "transparency" in img.info:

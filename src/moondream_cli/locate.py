@@ -52,9 +52,7 @@ def installed_bundles() -> list[str]:
     root = paths.models_dir()
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and (p / mf.MANIFEST).is_file()
-    )
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / mf.MANIFEST).is_file())
 
 
 def default_bundle_name() -> str | None:
@@ -104,8 +102,7 @@ def _from_loose_files(directory: Path) -> ModelFiles:
         (projectors if architecture(path) == "clip" else texts).append(path)
     if len(texts) != 1 or len(projectors) != 1:
         raise ModelError(
-            f"expected one text GGUF and one mmproj GGUF, found {len(texts)} and "
-            f"{len(projectors)}",
+            f"expected one text GGUF and one mmproj GGUF, found {len(texts)} and {len(projectors)}",
             path=str(directory),
         )
     return ModelFiles(text=texts[0], mmproj=projectors[0], name=directory.name)

@@ -24,7 +24,9 @@ ModelDirOpt = Annotated[
 CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is available.")]
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option("--threads", "-t", min=1, help="CPU threads. Default: the number of physical cores."),
+    typer.Option(
+        "--threads", "-t", min=1, help="CPU threads. Default: the number of physical cores."
+    ),
 ]
 MaxTokensOpt = Annotated[
     int | None,
@@ -32,13 +34,21 @@ MaxTokensOpt = Annotated[
 ]
 TemperatureOpt = Annotated[
     float,
-    typer.Option("--temperature", min=0.0, help="0 (default) is greedy: the same input gives the same answer."),
+    typer.Option(
+        "--temperature",
+        min=0.0,
+        help="0 (default) is greedy: the same input gives the same answer.",
+    ),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed, for --temperature > 0.")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Sampling seed, for --temperature > 0.")
+]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress or hints on stderr; errors only.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", help="No progress or hints on stderr; errors only.")
+]
 
 
 def claim_stdout() -> TextIO:
@@ -53,7 +63,13 @@ def claim_stdout() -> TextIO:
     os.dup2(2, 1)
     tty = os.isatty(private)
     binary = os.fdopen(private, "wb", buffering=0 if tty else -1)
-    stream = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="\n",  # type: ignore[arg-type]
-                              line_buffering=tty, write_through=tty)
+    stream = io.TextIOWrapper(
+        binary,
+        encoding="utf-8",
+        errors="replace",
+        newline="\n",
+        line_buffering=tty,
+        write_through=tty,
+    )
     sys.stdout = stream
     return stream

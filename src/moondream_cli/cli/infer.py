@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
 
 
 def describe(
-    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False, metavar="IMAGE...")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files.", show_default=False, metavar="IMAGE...")
+    ],
     *,
     length: Annotated[
         str, typer.Option("--length", "-l", help=f"Caption length: {', '.join(LENGTHS)}.")
@@ -86,7 +88,11 @@ def ask(
     *,
     question: Annotated[
         list[str] | None,
-        typer.Option("--question", "-q", help="A question; repeat for several. Then every argument is an image."),
+        typer.Option(
+            "--question",
+            "-q",
+            help="A question; repeat for several. Then every argument is an image.",
+        ),
     ] = None,
     model_dir: ModelDirOpt = None,
     cpu: CpuOpt = False,
@@ -101,7 +107,7 @@ def ask(
     if question:
         images, questions = args, list(question)
     elif len(args) < 2:
-        raise UsageError("ask needs an image and a question: mdream ask IMAGE \"QUESTION\"")
+        raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
     else:
         images, questions = args[:-1], [args[-1]]
     if any(not q.strip() for q in questions):
@@ -173,8 +179,9 @@ def _write(out: TextIO, text: str) -> None:
     out.flush()
 
 
-def _emit(out: TextIO, image: Path, question: str, answer: str, *, single: bool,
-          many_questions: bool) -> None:
+def _emit(
+    out: TextIO, image: Path, question: str, answer: str, *, single: bool, many_questions: bool
+) -> None:
     if single:
         out.write(answer + "\n")
         return
@@ -186,4 +193,4 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
-__all__ = ["register", "MdreamError"]
+__all__ = ["MdreamError", "register"]

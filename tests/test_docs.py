@@ -1,0 +1,43 @@
+"""Every command documents itself: a one-line help and examples in its epilog."""
+
+from __future__ import annotations
+
+import typer.main
+
+from moondream_cli.cli.app import app
+
+
+def _commands():  # type: ignore[no-untyped-def]
+    root = typer.main.get_command(app)
+    stack = [("mdream", root)]
+    while stack:
+        name, cmd = stack.pop()
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            stack.extend((f"{name} {n}", c) for n, c in subs.items())
+        else:
+            yield name, cmd
+
+
+def test_every_command_has_help_and_examples() -> None:
+    seen = list(_commands())
+    assert {"mdream describe", "mdream ask"} <= {name for name, _ in seen}
+    for name, cmd in seen:
+        assert cmd.help and cmd.help.strip().splitlines()[0].endswith("."), name
+        assert cmd.epilog and "mdream " in cmd.epilog, f"{name} has no examples"
+
+
+def test_readme_documents_every_exit_code() -> None:
+    from pathlib import Path
+
+    from moondream_cli import errors
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for code in (
+        errors.EXIT_INPUT,
+        errors.EXIT_USAGE,
+        errors.EXIT_MODEL,
+        errors.EXIT_NETWORK,
+        errors.EXIT_INTERRUPTED,
+    ):
+        assert f"| {code} |" in readme
