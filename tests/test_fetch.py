@@ -216,3 +216,11 @@ def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_pa
     path.write_text(json.dumps(body))
     with pytest.raises(recipes.BundleError, match=message):
         recipes.load(str(path))
+
+
+def test_offline_without_a_cached_copy_says_what_to_do(tmp_path: Path, isolated_home: Path) -> None:
+    result = run_mdream("fetch", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 3
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert "not in the hub cache and HF_HUB_OFFLINE is set" in last and "--from-dir" in last
+    assert tree(isolated_home) == []

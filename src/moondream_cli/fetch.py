@@ -125,7 +125,8 @@ def _hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
                 meta = get_hf_file_metadata(url)
             except Exception as exc:  # any hub failure becomes one message
                 raise FetchError(
-                    f"cannot reach the hub for {want.name}: {_first_line(exc)}"
+                    f"cannot reach the hub for {want.name} ({_first_line(exc)}) — offline, "
+                    "copy the f16 files by hand and use --from-dir, or install a bundle tarball"
                 ) from exc
             hub_sha = _sha_or_none(meta.etag)
             hub_size = meta.size
@@ -141,8 +142,12 @@ def _hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
                 tqdm_class=_tqdm_class(progress),
             )
         except Exception as exc:
-            hint = " (offline: copy the files by hand and use --from-dir)" if offline else ""
-            raise FetchError(f"download of {want.name} failed: {_first_line(exc)}{hint}") from exc
+            if offline:
+                raise FetchError(
+                    f"{want.name} is not in the hub cache and HF_HUB_OFFLINE is set — fetch "
+                    "online once, or copy the f16 files by hand and use --from-dir"
+                ) from exc
+            raise FetchError(f"download of {want.name} failed: {_first_line(exc)}") from exc
         finally:
             progress.finish()
         link = Path(local)
