@@ -100,6 +100,8 @@ def test_same_inputs_give_the_same_tarball_bytes(
     bundle.install(tarball)
     exported = bundle.export(NAME, tmp_path)
     assert exported.read_bytes() == tarball.read_bytes()
+    with pytest.raises(BundleError, match="cannot write"):
+        bundle.export(NAME, tmp_path / "no-such-folder" / "x.tar")
 
 
 def test_round_trip_fetch_from_dir_install_describe(

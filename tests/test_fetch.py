@@ -92,6 +92,7 @@ def test_fetch_downloads_resumes_verifies_and_installs(
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["source"]["repo"] == REPO
     assert manifest["source"]["revision"] == COMMIT  # the pinned commit the hub resolved
+    assert manifest["source"]["fetched_from"] == "hub"
     for f in manifest["source"]["files"]:
         assert f["verified_against"] == ["hub-lfs-sha256", "recipe-sha256"]
     assert (isolated_home / "default").read_text().strip() == "tiny-moondream-q4_k_m"

@@ -91,8 +91,10 @@ def pack(directory: Path, out: Path, progress: Progress | None = None) -> Path:
                         path=str(path),
                     )
         os.replace(partial, target)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, MdreamError):
+            raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(target)) from exc
         raise
     finally:
         progress.finish()
@@ -468,8 +470,11 @@ def export(name: str, out: Path, progress: Progress | None = None) -> Path:
 def remove(name: str) -> Path:
     directory = bundle_dir(name)
     was_default = default_name() == name
-    trash = Path(tempfile.mkdtemp(prefix=f".remove-{name}-", dir=directory.parent))
-    os.rename(directory, trash / name)
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=f".remove-{name}-", dir=directory.parent))
+        os.rename(directory, trash / name)
+    except OSError as exc:
+        raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
     shutil.rmtree(trash, ignore_errors=True)
     if was_default:
         paths.default_file().unlink(missing_ok=True)

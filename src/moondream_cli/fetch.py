@@ -383,7 +383,9 @@ def _build(
 def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dict[str, Any]:
     import llama_cpp
 
+    from_hub = any(s.commit for s in sources.values())
     source: dict[str, Any] = {
+        "fetched_from": "hub" if from_hub else "folder",
         "recipe": recipe.name if recipe else None,
         "repo": recipe.repo if recipe else None,
         "revision": next((s.commit for s in sources.values() if s.commit), None)
