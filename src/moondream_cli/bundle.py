@@ -434,7 +434,7 @@ def list_bundles() -> list[BundleInfo]:
                 path=directory,
                 size=sum(e.size for e in manifest.files),
                 quantization=_text_quantization(manifest),
-                source=str(repo or "?"),
+                source=str(repo or "local files"),
                 default=name == default,
                 intact=intact,
             )

@@ -162,6 +162,8 @@ def _hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
             raise
         # The cache keeps each file under snapshots/<commit>/: the revision actually fetched.
         sources[want.role].commit = link.parent.name
+        if recipe.revision != link.parent.name:
+            progress.info(f"{want.name}: revision {recipe.revision!r} is commit {link.parent.name}")
     return sources
 
 
