@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import moondream_gguf
-from conftest import run_mdream
+from conftest import ROOT, run_mdream
 from hub_server import COMMIT, HubState, serve
 from moondream_cli import recipe as recipes
 
@@ -210,7 +210,7 @@ def test_shipped_recipes_are_valid_data() -> None:
 )
 def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_path: Path) -> None:
     body = json.loads(
-        (Path(recipes.__file__).parent / "recipes" / "moondream2-2024.json").read_text()
+        (ROOT / "bundles" / "moondream2-2024.json").read_text()
     )
     body.update(change)
     path = tmp_path / "bad.json"

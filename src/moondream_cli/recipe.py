@@ -1,6 +1,7 @@
 """Bundle recipes: which hub files make a bundle, how they are checked, how they are quantized.
 
-A recipe is data, one JSON file per bundle (shipped ones live in ``moondream_cli/recipes/``).
+A recipe is data, one JSON file per bundle; shipped ones live in the repo's ``bundles/``
+folder and are installed as package data ``moondream_cli.recipes``.
 ``sha256`` is enforced wherever it is given; ``sha256_reported`` is a third-party claim that
 is compared and reported but never trusted, because such sources have disagreed.
 """
@@ -12,9 +13,13 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import manifest as mf
 from .errors import BundleError
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 FORMAT = 1
 DEFAULT = "moondream2-20250414"
@@ -58,9 +63,17 @@ class Recipe:
         return f"{self.name}-{self.quantization.lower()}"
 
 
+def _shipped_folder() -> Traversable:
+    """The recipes folder: ``bundles/`` in a source checkout, package data in a wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "bundles"
+    if checkout.is_dir():
+        return checkout
+    return resources.files("moondream_cli.recipes")
+
+
 def shipped() -> list[str]:
     """Names of the recipes that ship with mdream."""
-    folder = resources.files("moondream_cli") / "recipes"
+    folder = _shipped_folder()
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -68,7 +81,7 @@ def load(name_or_file: str | None = None) -> Recipe:
     """A shipped recipe by name, or a recipe JSON file by path (default: :data:`DEFAULT`)."""
     spec = name_or_file or DEFAULT
     if spec in shipped():
-        res = resources.files("moondream_cli") / "recipes" / f"{spec}.json"
+        res = _shipped_folder() / f"{spec}.json"
         return parse(res.read_bytes(), origin=f"shipped recipe {spec}")
     path = Path(spec).expanduser()
     if path.suffix == ".json" or path.exists():
