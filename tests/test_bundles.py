@@ -108,10 +108,11 @@ def test_round_trip_fetch_from_dir_install_describe(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
     online = {"MDREAM_HOME": str(tmp_path / "online-home")}
-    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", tmp_path, env=online)
+    out = tmp_path / "not-yet" / "bundles"  # a folder that does not exist yet is created
+    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", out, env=online)
     assert built.returncode == 0, built.stderr
     tar_path = Path(built.stdout.decode().strip())
-    assert tar_path.parent == tmp_path and tar_path.is_file()
+    assert tar_path.parent == out and tar_path.is_file() and tar_path.suffix == ".tar"
 
     offline = {"MDREAM_HOME": str(tmp_path / "fresh-home")}
     installed = run_mdream("bundle", "install", tar_path, env=offline)

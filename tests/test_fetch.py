@@ -209,9 +209,7 @@ def test_shipped_recipes_are_valid_data() -> None:
     ],
 )
 def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_path: Path) -> None:
-    body = json.loads(
-        (ROOT / "bundles" / "moondream2-2024.json").read_text()
-    )
+    body = json.loads((ROOT / "bundles" / "moondream2-2024.json").read_text())
     body.update(change)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(body))

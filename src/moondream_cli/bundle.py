@@ -57,6 +57,19 @@ def tarball_name(name: str) -> str:
     return f"{name}{SUFFIX}"
 
 
+def output_folder_or_file(out: Path) -> Path:
+    """``--output``: a path ending in ``.tar`` names the tarball; anything else is a folder,
+    created if missing (so `--output bundles/` never silently becomes a file named bundles)."""
+    if out.suffix != ".tar" and not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise BundleError(
+                f"cannot create folder: {exc.strerror or exc}", path=str(out)
+            ) from exc
+    return out
+
+
 def pack(directory: Path, out: Path, progress: Progress | None = None) -> Path:
     """Write the bundle in ``directory`` as a deterministic tarball; ``out`` may be a folder.
 
@@ -464,7 +477,7 @@ def verify(name: str, progress: Progress | None = None) -> None:
 
 def export(name: str, out: Path, progress: Progress | None = None) -> Path:
     """Pack an installed bundle back into its tarball (byte-identical to the one installed)."""
-    return pack(bundle_dir(name), out, progress)
+    return pack(bundle_dir(name), output_folder_or_file(out), progress)
 
 
 def remove(name: str) -> Path:

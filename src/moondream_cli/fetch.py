@@ -69,6 +69,8 @@ def fetch(
     progress = progress or Progress()
     if not install and output is None:
         raise FetchError("nothing to do: --no-install needs --output")
+    if output is not None:
+        output = bundle.output_folder_or_file(output)
     if output is not None and not output.is_dir() and not output.parent.is_dir():
         raise FetchError("output folder does not exist", path=str(output))
     if from_dir is not None:
