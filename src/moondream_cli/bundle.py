@@ -246,11 +246,14 @@ def _check_member(
     if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
         # data_filter would quietly make these relative; a bundle never contains them.
         raise BundleError(f"unsafe member {name!r} refused: path leaves the bundle", path=where)
-    try:
-        # The stdlib's own safety filter first (absolute paths, "..", links out, devices)...
-        tarfile.data_filter(member, str(staging))
-    except tarfile.FilterError as exc:
-        raise BundleError(f"unsafe member {name!r} refused: {exc}", path=where) from exc
+    # The stdlib's own safety filter first (absolute paths, "..", links out, devices), where
+    # this Python has it (3.10.12+, 3.11.4+)...
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is not None:
+        try:
+            data_filter(member, str(staging))
+        except tarfile.FilterError as exc:
+            raise BundleError(f"unsafe member {name!r} refused: {exc}", path=where) from exc
     # ...then our whitelist: only regular files the manifest names, each once.
     if not member.isreg():
         kind = (
