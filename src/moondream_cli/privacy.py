@@ -1,0 +1,108 @@
+"""Run a command under ``strace`` or in a network namespace of its own, and report.
+
+The machinery behind the syscall tests and ``make privacy-check``: :func:`traced` runs a
+command under ``strace -f`` and returns :mod:`syscheck`'s findings with its output;
+:func:`offline` runs it under ``unshare -n`` (no network interfaces at all). Never imported
+on the inference path.
+"""
+
+from __future__ import annotations
+
+import compileall
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import syscheck
+from .syscheck import Finding
+
+TOOLS = {"strace": "strace", "unshare": "util-linux"}
+
+
+@dataclass(frozen=True)
+class Run:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    findings: tuple[Finding, ...] = field(default=())
+
+
+def missing_tools() -> list[str]:
+    """The tools (strace, unshare) not on PATH, as ``tool (Debian package)``."""
+    return [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+
+
+def precompile(package_dir: Path) -> bool:
+    """Write the package's bytecode now, as ``pip install`` does for an installed package.
+
+    The traced runs keep bytecode writing on, so a module compiled at run time would show
+    up as a finding; a checkout (editable install) is compiled here first instead.
+    """
+    return bool(compileall.compile_dir(str(package_dir), quiet=1))
+
+
+def _run(
+    argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        list(argv),
+        input=b"",
+        capture_output=True,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def traced(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    allow: Iterable[str] = (),
+    timeout: float = 300,
+) -> Run:
+    """Run ``command`` under strace; ``findings`` lists every network use and write."""
+    with tempfile.TemporaryDirectory(prefix="mdream-strace-") as tmp:
+        log = os.path.join(tmp, "strace.log")
+        argv = syscheck.strace_command(log, command)
+        done = _run(argv, env, cwd, timeout)
+        try:
+            text = Path(log).read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            text = ""
+        if not text.strip():
+            raise RuntimeError(f"strace wrote no log: {done.stderr.decode(errors='replace')}")
+    start = os.path.abspath(cwd) if cwd is not None else os.getcwd()
+    found = syscheck.check(text, allow=allow, cwd=start)
+    return Run(tuple(argv), done.returncode, done.stdout, done.stderr, tuple(found))
+
+
+def offline(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> Run:
+    """Run ``command`` with no network at all (a new, empty network namespace)."""
+    argv = syscheck.unshare_command(command, euid=os.geteuid())
+    done = _run(argv, env, cwd, timeout)
+    return Run(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+
+def offline_works() -> str | None:
+    """None when ``unshare -n`` can run here, else why not."""
+    try:
+        done = _run(syscheck.unshare_command(["true"], euid=os.geteuid()), None, None, 30)
+    except OSError as exc:
+        return str(exc)
+    if done.returncode != 0:
+        return done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+    return None
