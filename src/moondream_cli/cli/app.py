@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError
-from . import infer
+from . import doctor, infer
 
 app = typer.Typer(
     name="mdream",
@@ -46,6 +46,7 @@ def root(
 
 
 infer.register(app)
+doctor.register(app)
 
 
 def _error(message: str) -> None:
