@@ -17,7 +17,6 @@ tests FAIL; set MDREAM_SKIP_SYSCALL_TESTS=1 to skip them on purpose.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -44,34 +43,20 @@ def _cli_has(option: str) -> bool:
     return describe is not None and any(option in p.opts for p in describe.params)
 
 
-needs_folder_pipeline = pytest.mark.skipif(
-    not _cli_has("--sidecar"),
-    reason="the folder pipeline (issue 4: DIR, --sidecar) is not merged yet",
-)
+def _param(check: privacy.Check) -> object:
+    marks = []
+    if check.needs and not _cli_has(check.needs):
+        marks.append(
+            pytest.mark.skip(
+                reason=f"this CLI has no `describe {check.needs}` yet "
+                "(the folder pipeline, issue 4)"
+            )
+        )
+    return pytest.param(check, id=check.name, marks=marks)
 
-# Command lines, run in a folder holding a.jpg, b.png and pics/{c,d}.jpg; paths are relative
-# so stdout can be compared between the two copies. Second item: outputs the user asked for.
-COMMANDS = [
-    pytest.param(["describe", "a.jpg", "b.png"], [], id="describe"),
-    pytest.param(["ask", "a.jpg", "What is in the picture?"], [], id="ask"),
-    pytest.param(
-        ["ask", "b.png", "-q", "Which colours?", "-q", "How many shapes?"],
-        [],
-        id="ask-two-questions",
-    ),
-    pytest.param(
-        ["describe", "pics", "-r", "--format", "jsonl"],
-        [],
-        id="folder-jsonl",
-        marks=needs_folder_pipeline,
-    ),
-    pytest.param(
-        ["describe", "pics", "-r", "--sidecar"],
-        ["pics/*.txt", "pics/*.txt.*", "pics/.*.txt*"],
-        id="folder-sidecar",
-        marks=needs_folder_pipeline,
-    ),
-]
+
+# The same command lines `make privacy-check` runs (privacy.CHECKS).
+COMMANDS = [_param(check) for check in privacy.CHECKS]
 
 
 @pytest.fixture(scope="session")
@@ -101,31 +86,8 @@ def child_env(tiny_model: Path) -> dict[str, str]:
 
 
 def _inputs(where: Path) -> Path:
-    (where / "pics").mkdir(parents=True)
-    draw_photo(seed=1).save(where / "a.jpg", quality=90)
-    draw_photo((64, 80), seed=2).save(where / "b.png")
-    draw_photo(seed=3).save(where / "pics" / "c.jpg")
-    draw_photo((50, 50), seed=4).save(where / "pics" / "d.jpg")
-    return where
-
-
-def _tree(where: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*")) if p.is_file()
-    }
-
-
-def _stable(stdout: bytes) -> bytes:
-    """stdout minus timings: JSONL records carry elapsed milliseconds, which differ per run."""
-    lines = stdout.decode().splitlines()
-    try:
-        records = [json.loads(line) for line in lines]
-    except ValueError:
-        return stdout
-    if not all(isinstance(r, dict) for r in records):
-        return stdout
-    kept = [{k: v for k, v in r.items() if "elapsed" not in k} for r in records]
-    return "\n".join(json.dumps(r, sort_keys=True) for r in kept).encode()
+    pictures = [draw_photo(seed=1), draw_photo((64, 80), seed=2), draw_photo((50, 50), seed=3)]
+    return privacy.write_inputs(where, pictures)
 
 
 def _mdream(*args: str) -> list[str]:
@@ -133,25 +95,25 @@ def _mdream(*args: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("syscall_tools")
-@pytest.mark.parametrize(("args", "outputs"), COMMANDS)
+@pytest.mark.parametrize("check", COMMANDS)
 def test_no_socket_no_write_and_same_output_without_network(
-    args: list[str], outputs: list[str], tmp_path: Path, child_env: dict[str, str]
+    check: privacy.Check, tmp_path: Path, child_env: dict[str, str]
 ) -> None:
     traced_dir, offline_dir = _inputs(tmp_path / "traced"), _inputs(tmp_path / "offline")
-    before = _tree(traced_dir)
-    allow = [str(traced_dir / pattern) for pattern in outputs]
+    before = privacy.tree(traced_dir)
+    allow = [str(traced_dir / pattern) for pattern in check.outputs]
 
-    run = privacy.traced(_mdream(*args), env=child_env, cwd=traced_dir, allow=allow)
+    run = privacy.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.strip(), "the traced run printed no answer"
     assert not run.findings, summary(run.findings)
-    if not outputs:
-        assert _tree(traced_dir) == before  # nothing created, changed or removed
+    if not check.outputs:
+        assert privacy.tree(traced_dir) == before  # nothing created, changed or removed
 
-    cut_off = privacy.offline(_mdream(*args), env=child_env, cwd=offline_dir)
+    cut_off = privacy.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)
     assert cut_off.returncode == 0, cut_off.stderr.decode()
-    assert _stable(cut_off.stdout) == _stable(run.stdout)
-    assert _tree(offline_dir) == _tree(traced_dir)
+    assert privacy.stable_output(cut_off.stdout) == privacy.stable_output(run.stdout)
+    assert privacy.tree(offline_dir) == privacy.tree(traced_dir)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ on the inference path.
 from __future__ import annotations
 
 import compileall
+import json
 import os
 import shutil
 import subprocess
@@ -16,11 +17,69 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import syscheck
 from .syscheck import Finding
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 TOOLS = {"strace": "strace", "unshare": "util-linux"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One mdream command line to prove private, run in a folder made by :func:`write_inputs`."""
+
+    name: str
+    args: tuple[str, ...]
+    outputs: tuple[str, ...] = ()  # globs, relative to the folder: files the user asked for
+    needs: str | None = None  # a `describe` option the CLI must have for this check to apply
+
+
+# Relative paths, so stdout can be compared between two copies of the inputs.
+CHECKS = (
+    Check("describe", ("describe", "a.jpg", "b.png")),
+    Check("ask", ("ask", "a.jpg", "What is in the picture?")),
+    Check("ask-two-questions", ("ask", "b.png", "-q", "Which colours?", "-q", "How many?")),
+    # The folder pipeline (directories, --format jsonl, --sidecar) switches these on.
+    Check("folder-jsonl", ("describe", "pics", "-r", "--format", "jsonl"), needs="--sidecar"),
+    Check(
+        "folder-sidecar",
+        ("describe", "pics", "-r", "--sidecar"),
+        outputs=("pics/*.txt", "pics/*.txt.*", "pics/.*.txt*"),
+        needs="--sidecar",
+    ),
+)
+
+
+def write_inputs(where: Path, pictures: Sequence[Image.Image]) -> Path:
+    """Write a.jpg, b.png, pics/c.jpg and pics/d.jpg (from ``pictures``, reused in turn)."""
+    names = ("a.jpg", "b.png", "pics/c.jpg", "pics/d.jpg")
+    (where / "pics").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        pictures[i % len(pictures)].convert("RGB").save(where / name)
+    return where
+
+
+def tree(where: Path) -> dict[str, bytes]:
+    """Every file under ``where`` and its bytes: what a run left behind."""
+    return {
+        str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*")) if p.is_file()
+    }
+
+
+def stable_output(stdout: bytes) -> bytes:
+    """stdout minus timings: JSONL records carry elapsed milliseconds, which differ per run."""
+    try:
+        records = [json.loads(line) for line in stdout.decode().splitlines()]
+    except ValueError:
+        return stdout
+    if not records or not all(isinstance(r, dict) for r in records):
+        return stdout
+    kept = [{k: v for k, v in r.items() if "elapsed" not in k} for r in records]
+    return "\n".join(json.dumps(r, sort_keys=True) for r in kept).encode()
 
 
 @dataclass(frozen=True)
