@@ -32,6 +32,13 @@ from moondream_cli import privacy
 from moondream_cli.syscheck import summary
 
 
+@pytest.fixture(autouse=True)
+def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
+    # run up to 10x slower. Passive waiting changes no result.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+
+
 def _cli_has(option: str) -> bool:
     """Whether `mdream describe` already takes ``option`` (the folder pipeline adds --sidecar)."""
     import typer.main

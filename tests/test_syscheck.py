@@ -128,5 +128,5 @@ def test_trace_argv_follows_children_and_names_every_checked_syscall() -> None:
     assert "%network" in traced
     for name in ("openat", "creat", "renameat2", "unlinkat", "mkdir", "execve"):
         assert "?" + name in traced
-    assert syscheck.unshare_command(["x"], euid=0) == ["unshare", "-n", "x"]
-    assert syscheck.unshare_command(["x"], euid=1000) == ["unshare", "-r", "-n", "x"]
+    assert syscheck.unshare_command(["x"], user_namespace=False) == ["unshare", "-n", "x"]
+    assert syscheck.unshare_command(["x"], user_namespace=True) == ["unshare", "-r", "-n", "x"]

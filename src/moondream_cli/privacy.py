@@ -9,6 +9,7 @@ on the inference path.
 from __future__ import annotations
 
 import compileall
+import functools
 import json
 import os
 import shutil
@@ -151,17 +152,31 @@ def offline(
     timeout: float = 300,
 ) -> Run:
     """Run ``command`` with no network at all (a new, empty network namespace)."""
-    argv = syscheck.unshare_command(command, euid=os.geteuid())
+    argv = syscheck.unshare_command(command, user_namespace=_needs_user_namespace())
     done = _run(argv, env, cwd, timeout)
     return Run(tuple(argv), done.returncode, done.stdout, done.stderr)
 
 
+@functools.lru_cache(maxsize=1)
+def _unshare_probe() -> tuple[bool, str | None]:
+    """(use a user namespace?, why neither way works): plain ``unshare -n`` first (root)."""
+    why = ""
+    for user_namespace in (False, True):
+        try:
+            argv = syscheck.unshare_command(["true"], user_namespace=user_namespace)
+            done = _run(argv, None, None, 30)
+        except OSError as exc:
+            return False, str(exc)
+        if done.returncode == 0:
+            return user_namespace, None
+        why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+    return False, why
+
+
+def _needs_user_namespace() -> bool:
+    return _unshare_probe()[0]
+
+
 def offline_works() -> str | None:
-    """None when ``unshare -n`` can run here, else why not."""
-    try:
-        done = _run(syscheck.unshare_command(["true"], euid=os.geteuid()), None, None, 30)
-    except OSError as exc:
-        return str(exc)
-    if done.returncode != 0:
-        return done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
-    return None
+    """None when a network namespace can be made here (``unshare -n`` or ``-r -n``), else why."""
+    return _unshare_probe()[1]

@@ -125,12 +125,12 @@ def strace_command(log_file: str, command: Sequence[str]) -> list[str]:
     ]
 
 
-def unshare_command(command: Sequence[str], *, euid: int) -> list[str]:
+def unshare_command(command: Sequence[str], *, user_namespace: bool) -> list[str]:
     """The argv that runs ``command`` in a new network namespace: no interfaces but a dead lo.
 
-    Root gets the namespace directly; anyone else through a user namespace (``-r``).
+    Root makes the namespace directly; without privileges a user namespace (``-r``) is needed.
     """
-    return ["unshare", "-n", *command] if euid == 0 else ["unshare", "-r", "-n", *command]
+    return ["unshare", *(["-r"] if user_namespace else []), "-n", *command]
 
 
 def parse(text: str) -> list[Syscall]:
