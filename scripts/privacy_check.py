@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=names, help="Run only this check.")
     args = parser.parse_args(argv)
 
+    try:
+        files = locate.resolve(args.model_dir)
+    except ModelError as exc:
+        _say(f"privacy-check: {exc}")
+        return 3
     missing = privacy.missing_tools()
     if missing:
         _say(
@@ -83,11 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         _say(f"privacy-check: FAIL: cannot make a network namespace (`unshare -n`): {why}")
         return 2
-    try:
-        files = locate.resolve(args.model_dir)
-    except ModelError as exc:
-        _say(f"privacy-check: {exc}")
-        return 3
     model = str(files.bundle or files.text.parent)
     package = Path(moondream_cli.__file__).parent
     _say(f"model: {files.name} ({model})")
