@@ -153,6 +153,22 @@ def test_self_check_fails_with_exit_4_when_inference_touches_the_network(
     assert "network access attempted during inference" in check["detail"]
 
 
+def test_gpu_list_matches_the_build() -> None:
+    import llama_cpp
+
+    from moondream_cli import doctor
+
+    llama_cpp.llama_backend_init()
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    devices = doctor.gpu_devices(lib)
+    if not llama_cpp.llama_supports_gpu_offload():
+        assert devices == ()  # the CPU device is not a GPU
+    for d in devices:
+        assert not d.name.upper().startswith("CPU") and d.description
+        assert d.total_bytes is None or (d.free_bytes or 0) <= d.total_bytes
+    assert doctor.gpu_devices(lib.parent / "no-such-dir") == ()
+
+
 @pytest.mark.parametrize("bad", ["yaml", "JSON"])
 def test_unknown_format_is_a_usage_error(bad: str) -> None:
     run = run_mdream("doctor", "--format", bad)

@@ -92,6 +92,11 @@ def test_programs_started_after_the_command_are_findings() -> None:
     assert [(f.kind, f.target) for f in found] == [("process", "/usr/bin/gs")]
 
 
+def test_io_uring_is_a_finding_because_its_work_is_invisible_to_strace() -> None:
+    log = "5  io_uring_setup(8, {flags=0, sq_thread_cpu=0}) = 3<anon_inode:[io_uring]>\n"
+    assert [(f.kind, f.syscall) for f in syscheck.check(log)] == [("opaque", "io_uring_setup")]
+
+
 def test_allow_list_takes_exact_paths_and_globs_only() -> None:
     log = """\
 3  openat(AT_FDCWD</d>, "/d/img.txt", O_WRONLY|O_CREAT|O_TRUNC, 0666) = 3</d/img.txt>
@@ -126,7 +131,7 @@ def test_trace_argv_follows_children_and_names_every_checked_syscall() -> None:
     assert argv[-3:] == ["mdream", "describe", "x.jpg"]
     traced = argv[argv.index("-e") + 1].removeprefix("trace=").split(",")
     assert "%network" in traced
-    for name in ("openat", "creat", "renameat2", "unlinkat", "mkdir", "execve"):
+    for name in ("openat", "creat", "renameat2", "unlinkat", "mkdir", "execve", "io_uring_setup"):
         assert "?" + name in traced
     assert syscheck.unshare_command(["x"], user_namespace=False) == ["unshare", "-n", "x"]
     assert syscheck.unshare_command(["x"], user_namespace=True) == ["unshare", "-r", "-n", "x"]

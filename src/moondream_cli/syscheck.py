@@ -14,6 +14,8 @@ Pure: text in, findings out. The test suite and ``make privacy-check`` run mdrea
   asked for.
 - ``process``: a program executed after the traced command itself (a helper such as
   Ghostscript could do anything; mdream never starts one).
+- ``opaque``: an io_uring set up. Opens, connects and writes submitted through io_uring are
+  not syscalls strace can show, so using it at all is a finding.
 
 Attempts count even when the kernel refused them: a failed ``connect`` still tried.
 """
@@ -68,6 +70,7 @@ NAME_SYSCALLS: dict[str, tuple[tuple[int | None, int], ...]] = {
     "truncate": ((None, 0),),
 }
 EXEC_SYSCALLS = frozenset({"execve", "execveat"})
+OPAQUE_SYSCALLS = frozenset({"io_uring_setup"})
 WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE"})
 ALWAYS_ALLOWED = ("/dev/null", "/dev/tty", "/dev/pts/*")
 
@@ -75,7 +78,10 @@ ALWAYS_ALLOWED = ("/dev/null", "/dev/tty", "/dev/pts/*")
 # (aarch64 has no open/creat/mkdir/...).
 TRACED = (
     "%network",
-    *("?" + name for name in sorted(OPEN_SYSCALLS | set(NAME_SYSCALLS) | EXEC_SYSCALLS)),
+    *(
+        "?" + name
+        for name in sorted(OPEN_SYSCALLS | set(NAME_SYSCALLS) | EXEC_SYSCALLS | OPAQUE_SYSCALLS)
+    ),
 )
 
 _LINE = re.compile(r"^(?:\[pid\s+)?(?P<pid>\d+)\]?\s+(?P<rest>.*)$")
@@ -96,7 +102,7 @@ class Syscall:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "network" | "write" | "process"
+    kind: str  # "network" | "write" | "process" | "opaque"
     syscall: str
     target: str  # the path, or the socket call's arguments
     pid: int
@@ -294,6 +300,10 @@ def findings(
                     found.append(
                         Finding("write", call.name, path, call.pid, call.result, call.line)
                     )
+        elif call.name in OPAQUE_SYSCALLS:
+            found.append(
+                Finding("opaque", call.name, ", ".join(call.args), call.pid, call.result, call.line)
+            )
         elif call.name in EXEC_SYSCALLS:
             if first_exec:
                 first_exec = False  # the traced command itself
