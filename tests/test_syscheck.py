@@ -103,9 +103,12 @@ def test_allow_list_takes_exact_paths_and_globs_only() -> None:
 3  openat(AT_FDCWD</d>, "/d/img.txt.part", O_WRONLY|O_CREAT, 0666) = 3</d/img.txt.part>
 3  openat(AT_FDCWD</d>, "/d/../etc/cron", O_WRONLY|O_CREAT, 0666) = 3</etc/cron>
 3  openat(AT_FDCWD</d>, "/dev/tty", O_WRONLY) = 3</dev/tty>
+3  openat(AT_FDCWD</d>, "/dev/nvidiactl", O_RDWR) = 4</dev/nvidiactl>
+3  openat(AT_FDCWD</d>, "/dev/nvidia-uvm", O_RDWR|O_CLOEXEC) = 5</dev/nvidia-uvm>
+3  openat(AT_FDCWD</root>, "/root/.nv/ComputeCache/index", O_RDWR|O_CREAT, 0600) = 6
 """
     found = syscheck.check(log, allow=["/d/img.txt", "/d/*.part"])
-    assert [f.target for f in found] == ["/etc/cron"]
+    assert [f.target for f in found] == ["/etc/cron", "/root/.nv/ComputeCache/index"]
 
 
 def test_paths_with_escapes_are_decoded() -> None:

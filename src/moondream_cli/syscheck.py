@@ -10,8 +10,9 @@ Pure: text in, findings out. The test suite and ``make privacy-check`` run mdrea
 - ``write``: a file opened for writing or creating (open/openat/openat2 with O_WRONLY,
   O_RDWR, O_CREAT, O_TRUNC, O_APPEND or O_TMPFILE; creat), or a name created, moved or
   removed (mkdir, rename, link, symlink, unlink, rmdir, mknod, truncate) — unless the path
-  is on the allow-list: ``/dev/null``, ``/dev/tty``, ``/dev/pts/*`` and the outputs the user
-  asked for.
+  is on the allow-list: ``/dev/null``, the terminal (``/dev/tty``, ``/dev/pts/*``), GPU
+  device nodes (``/dev/nvidia*``, ``/dev/dri/*``, ``/dev/kfd``: not storage) and the outputs
+  the user asked for. A GPU driver's on-disk cache (``~/.nv/ComputeCache``) is a finding.
 - ``process``: a program executed after the traced command itself (a helper such as
   Ghostscript could do anything; mdream never starts one).
 - ``opaque``: an io_uring set up. Opens, connects and writes submitted through io_uring are
@@ -72,7 +73,9 @@ NAME_SYSCALLS: dict[str, tuple[tuple[int | None, int], ...]] = {
 EXEC_SYSCALLS = frozenset({"execve", "execveat"})
 OPAQUE_SYSCALLS = frozenset({"io_uring_setup"})
 WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE"})
-ALWAYS_ALLOWED = ("/dev/null", "/dev/tty", "/dev/pts/*")
+# Character devices, not storage: the terminal, and the GPU device nodes a driver opens
+# read-write to send the GPU its work (NVIDIA, DRM/Vulkan, ROCm).
+ALWAYS_ALLOWED = ("/dev/null", "/dev/tty", "/dev/pts/*", "/dev/nvidia*", "/dev/dri/*", "/dev/kfd")
 
 # What strace is asked to trace. `?name`: no error on architectures without that syscall
 # (aarch64 has no open/creat/mkdir/...).
