@@ -40,6 +40,12 @@ fix: install
 	$(PY) -m ruff check --fix src tests scripts
 	$(PY) -m ruff format src tests scripts
 
+# Prove on this machine, with your installed model, that inference opens no socket and
+# writes no file (strace), and prints the same with no network at all (unshare -n).
+# Needs strace and util-linux; PRIVACY_ARGS="--model-dir DIR" picks another model.
+privacy-check: install
+	$(PY) scripts/privacy_check.py $(PRIVACY_ARGS)
+
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
 

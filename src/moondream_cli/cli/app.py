@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError
-from . import bundles, infer
+from . import bundles, doctor, infer
 
 app = typer.Typer(
     name="mdream",
@@ -47,6 +47,7 @@ def root(
 
 infer.register(app)
 bundles.register(app)
+doctor.register(app)
 
 
 def _error(message: str) -> None:

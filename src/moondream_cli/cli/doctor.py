@@ -1,0 +1,110 @@
+"""`mdream doctor`: is this installation healthy, and does inference stay private?"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, TextIO
+
+import typer
+
+from ..errors import UsageError
+from .common import CpuOpt, ModelDirOpt, claim_stdout
+
+if TYPE_CHECKING:
+    from ..doctor import Report
+
+FORMATS = ("text", "json")
+
+EPILOG = """Examples:
+
+  mdream doctor
+
+  mdream doctor --format json | jq .self_check
+
+  mdream doctor --no-self-check
+
+Exit 0 when healthy (a self-check skipped for lack of a model is healthy); otherwise the
+exit code of what failed (3 a model or bundle problem, 4 network use during inference).
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=EPILOG)(doctor)
+
+
+def doctor(
+    *,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="Report format: text or json.")
+    ] = "text",
+    model_dir: ModelDirOpt = None,
+    no_self_check: Annotated[
+        bool, typer.Option("--no-self-check", help="Skip the tiny inference under the guard.")
+    ] = False,
+    cpu: CpuOpt = False,
+) -> None:
+    """Report versions, backend, models and a privacy self-check."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    from .. import doctor as core
+
+    out = claim_stdout()  # the self-check loads a model: native prints must not reach stdout
+    report = core.gather(model_dir=model_dir, self_check=not no_self_check, gpu=not cpu)
+    if fmt == "json":
+        out.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        render_text(report, out)
+    out.flush()
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _size(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def render_text(report: Report, out: TextIO) -> None:
+    rows: list[tuple[str, str]] = [
+        ("mdream", report.mdream),
+        ("python", f"{report.python} ({report.python_executable})"),
+        ("platform", report.platform),
+        ("llama-cpp-python", report.llama_cpp or "not loadable"),
+        (
+            "backend",
+            report.backend + ("" if report.gpu_offload else " (no GPU offload in this build)"),
+        ),
+    ]
+    if report.gpu_offload:
+        if report.devices:
+            for d in report.devices:
+                rows.append(
+                    (
+                        "gpu",
+                        f"{d.name}: {d.description}, {_size(d.free_bytes)} free of "
+                        f"{_size(d.total_bytes)}",
+                    )
+                )
+        else:
+            rows.append(("gpu", "unknown (ggml's device list is not available)"))
+    rows += [
+        ("data", f"{report.mdream_home} (from {report.mdream_home_from})"),
+        ("models", report.models_dir),
+        ("default model", report.default_bundle or "none"),
+    ]
+    if report.mdream_model:
+        rows.append(("MDREAM_MODEL", report.mdream_model))
+    if not report.bundles:
+        rows.append(("bundles", "none installed"))
+    for b in report.bundles:
+        mark = " (default)" if b.default else ""
+        rows.append(("bundle", f"{b.name}{mark}: {b.state} — {b.detail}"))
+    check = report.self_check
+    timing = f" in {check.seconds:.2f} s" if check.seconds is not None else ""
+    model = f" [model {check.model}]" if check.model else ""
+    rows.append(("self-check", f"{check.status.upper()}{timing}{model}: {check.detail}"))
+    for problem in report.problems:
+        rows.append(("problem", problem))
+    rows.append(("healthy", "yes" if report.healthy else "no"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.write(f"{key.ljust(width)}  {value}\n")

@@ -1,0 +1,323 @@
+"""`mdream doctor`: versions, backend, where data lives, bundles, and a privacy self-check.
+
+:func:`gather` returns a :class:`Report` (plain data; the CLI renders it as text or JSON).
+The self-check loads the model the user's commands would use, turns the network guard on,
+proves the guard refuses a socket, then answers a question about a synthetic image made in
+memory. The guard stays on in this process afterwards: audit hooks cannot be removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, locate, paths
+from . import manifest as mf
+from .errors import EXIT_MODEL, EXIT_OK, MdreamError, ModelError, NetworkAttempted
+
+# Modules whose presence after an inference means download code or an HTTP stack ran.
+NETWORK_MODULES = (
+    "huggingface_hub",
+    "requests",
+    "urllib3",
+    "httpx",
+    "http.client",
+    "urllib.request",
+    "ssl",
+)
+SELF_CHECK_QUESTION = "Describe this image."
+SELF_CHECK_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    free_bytes: int | None
+    total_bytes: int | None
+
+
+@dataclass(frozen=True)
+class BundleState:
+    name: str
+    path: str
+    state: str  # "verified" | "unverified" | "broken"
+    detail: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    status: str  # "pass" | "fail" | "skipped"
+    detail: str
+    model: str | None = None
+    seconds: float | None = None
+    exit_code: int = EXIT_OK
+
+
+@dataclass(frozen=True)
+class Report:
+    mdream: str
+    python: str
+    python_executable: str
+    platform: str
+    llama_cpp: str | None
+    backend: str  # "CPU", "CUDA", "Metal", ... or "unavailable"
+    gpu_offload: bool
+    devices: tuple[Device, ...]  # GPUs llama.cpp can use; empty on a CPU build
+    mdream_home: str
+    mdream_home_from: str  # "MDREAM_HOME", "XDG_DATA_HOME" or "default"
+    models_dir: str
+    default_bundle: str | None
+    mdream_model: str | None  # the MDREAM_MODEL override, when set
+    bundles: tuple[BundleState, ...]
+    self_check: SelfCheck
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems and self.self_check.status != "fail"
+
+    @property
+    def exit_code(self) -> int:
+        if self.self_check.status == "fail":
+            return self.self_check.exit_code
+        return EXIT_MODEL if self.problems else EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["healthy"] = self.healthy
+        return data
+
+
+def gather(
+    *, model_dir: str | os.PathLike[str] | None = None, self_check: bool = True, gpu: bool = True
+) -> Report:
+    """Look at this installation. With ``self_check``, run the privacy self-check too."""
+    problems: list[str] = []
+    llama_version, backend, offload, devices = _backend(problems)
+    bundles = tuple(_bundle_states(problems))
+    try:
+        default = locate.default_bundle_name()
+    except ModelError as exc:
+        default = None
+        problems.append(str(exc))
+    bundles = tuple(
+        BundleState(b.name, b.path, b.state, b.detail, default=b.name == default) for b in bundles
+    )
+    if self_check:
+        check = run_self_check(model_dir, gpu=gpu)
+    else:
+        check = SelfCheck("skipped", "not requested (--no-self-check)")
+    return Report(
+        mdream=__version__,
+        python=platform.python_version(),
+        python_executable=sys.executable,
+        platform=platform.platform(),
+        llama_cpp=llama_version,
+        backend=backend,
+        gpu_offload=offload,
+        devices=devices,
+        mdream_home=str(paths.mdream_home()),
+        mdream_home_from=_home_source(),
+        models_dir=str(paths.models_dir()),
+        default_bundle=default,
+        mdream_model=os.environ.get("MDREAM_MODEL") or None,
+        bundles=bundles,
+        self_check=check,
+        problems=tuple(problems),
+    )
+
+
+def _home_source() -> str:
+    if os.environ.get("MDREAM_HOME"):
+        return "MDREAM_HOME"
+    return "XDG_DATA_HOME" if os.environ.get("XDG_DATA_HOME") else "default"
+
+
+def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, ...]]:
+    try:
+        from . import _native_log
+
+        _native_log.install(verbose=False)
+        import llama_cpp
+    except Exception as exc:  # a broken build is exactly what doctor must report
+        problems.append(f"llama-cpp-python cannot be loaded: {exc}")
+        return None, "unavailable", False, ()
+    llama_cpp.llama_backend_init()
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    devices = gpu_devices(Path(llama_cpp.__file__).parent / "lib") if offload else ()
+    if not offload:
+        backend = "CPU"
+    else:
+        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        names = [d.name.rstrip("0123456789") for d in devices]
+        known = [b for b in ("CUDA", "Metal", "Vulkan", "SYCL", "ROCm", "HIP") if b + " :" in info]
+        backend = (names or known or ["GPU"])[0]
+    return str(getattr(llama_cpp, "__version__", "unknown")), backend, offload, devices
+
+
+_NOT_GPU = ("CPU", "BLAS", "AMX", "RPC")
+
+
+def gpu_devices(lib_dir: Path) -> tuple[Device, ...]:
+    """The GPUs ggml registered, with free/total memory; empty when the device API is missing.
+
+    llama-cpp-python does not bind ggml's device API, so it is called through ctypes on the
+    libraries the package ships (already loaded by llama_cpp).
+    """
+    try:
+        reg = _load_first(lib_dir, ("libggml.so", "libggml.dylib", "ggml.dll"))
+        base = _load_first(lib_dir, ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll"))
+        reg.ggml_backend_dev_count.restype = ctypes.c_size_t
+        reg.ggml_backend_dev_get.restype = ctypes.c_void_p
+        reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(base, name).restype = ctypes.c_char_p
+            getattr(base, name).argtypes = [ctypes.c_void_p]
+        base.ggml_backend_dev_type.restype = ctypes.c_int
+        base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        base.ggml_backend_dev_memory.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+    except (OSError, AttributeError):
+        return ()
+    found: list[Device] = []
+    for i in range(int(reg.ggml_backend_dev_count())):
+        dev = reg.ggml_backend_dev_get(i)
+        name = (base.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace")
+        # Device types: 0 CPU, 1 GPU, 2 integrated GPU (older ggml: accelerator), 3 accelerator.
+        if base.ggml_backend_dev_type(dev) not in (1, 2) or name.upper().startswith(_NOT_GPU):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            Device(
+                name=name,
+                description=(base.ggml_backend_dev_description(dev) or b"").decode(
+                    "utf-8", "replace"
+                ),
+                free_bytes=int(free.value) or None,
+                total_bytes=int(total.value) or None,
+            )
+        )
+    return tuple(found)
+
+
+def _load_first(lib_dir: Path, names: tuple[str, ...]) -> ctypes.CDLL:
+    for name in names:
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    raise OSError(f"none of {', '.join(names)} in {lib_dir}")
+
+
+def _bundle_states(problems: list[str]) -> list[BundleState]:
+    states = []
+    for name in locate.installed_bundles():
+        directory = paths.models_dir() / name
+        try:
+            manifest = mf.read_manifest(directory)
+            if mf.verified_recently(directory, manifest):
+                state, detail = "verified", "sizes and times match the last full sha256 check"
+            else:
+                state = "unverified"
+                detail = "changed or never hashed here: the next use re-hashes it in full"
+        except ModelError as exc:
+            state, detail = "broken", str(exc)
+            problems.append(f"bundle {name}: {exc}")
+        states.append(BundleState(name, str(directory), state, detail))
+    return states
+
+
+def run_self_check(
+    model_dir: str | os.PathLike[str] | None = None, *, gpu: bool = True
+) -> SelfCheck:
+    """A tiny inference with the network guard on; skipped when no model is installed."""
+    try:
+        files = locate.resolve(model_dir)
+    except ModelError as exc:
+        if str(exc) == locate.NO_MODEL_HINT:
+            return SelfCheck("skipped", f"no model to run: {exc}")
+        return SelfCheck("fail", str(exc), exit_code=exc.exit_code)
+    from . import guard
+
+    guard.forbid_network()
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return SelfCheck(
+            "fail",
+            "HF_HUB_OFFLINE is not 1 under the guard",
+            files.name,
+            exit_code=NetworkAttempted.exit_code,
+        )
+    if not _guard_refuses_a_socket():
+        return SelfCheck(
+            "fail",
+            "the network guard let a test socket through",
+            files.name,
+            exit_code=NetworkAttempted.exit_code,
+        )
+    before = set(sys.modules)
+    start = time.perf_counter()
+    try:
+        from .engine import Engine, EngineOptions, Sampling
+        from .images import load_image
+
+        pixels = load_image(_synthetic_image())  # made in memory, never on disk
+        with Engine(files, EngineOptions(gpu=gpu)) as engine:
+            engine.set_image(pixels)
+            answer = engine.ask(SELF_CHECK_QUESTION, Sampling(max_tokens=SELF_CHECK_TOKENS))
+    except MdreamError as exc:
+        return SelfCheck(
+            "fail", str(exc), files.name, time.perf_counter() - start, exit_code=exc.exit_code
+        )
+    seconds = time.perf_counter() - start
+    loaded = sorted(
+        m
+        for m in set(sys.modules) - before
+        for p in NETWORK_MODULES
+        if m == p or m.startswith(p + ".")
+    )
+    if loaded:
+        return SelfCheck(
+            "fail",
+            f"inference imported network code: {', '.join(loaded)}",
+            files.name,
+            seconds,
+            exit_code=NetworkAttempted.exit_code,
+        )
+    return SelfCheck(
+        "pass",
+        f"guard on (a test socket was refused), HF_HUB_OFFLINE=1; answered about a synthetic "
+        f"image from memory ({len(answer)} characters) with no network use and no network "
+        "code imported",
+        files.name,
+        seconds,
+    )
+
+
+def _guard_refuses_a_socket() -> bool:
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except NetworkAttempted:
+        return True
+    sock.close()
+    return False
+
+
+def _synthetic_image() -> Any:
+    from PIL import Image, ImageDraw
+
+    img = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((8, 8, 30, 30), fill=(200, 60, 40))
+    draw.ellipse((34, 12, 60, 44), fill=(40, 90, 200))
+    return img

@@ -1,0 +1,215 @@
+"""Syscall proof: real `mdream` runs under strace and in a network namespace of their own.
+
+Each command runs twice on a fresh copy of its inputs: under ``strace -f`` (no socket
+syscall of any kind, nothing opened for writing but /dev/null, the terminal and the outputs
+the user asked for, no other program started), and under ``unshare -n`` (no network at
+all), where stdout and the files left behind must be identical. Then planted violations
+inside a real run prove the checker catches them.
+
+Bytecode: the checkout is compiled first (``privacy.precompile``, what ``pip install`` does
+for an installed package) and the traced child runs with bytecode writing ON. Setting
+PYTHONDONTWRITEBYTECODE=1 instead would hide any write Python makes at run time; this way a
+module compiled on the fly would be a finding.
+
+strace and unshare come from Debian (`.ci/run` installs them). Missing tools make these
+tests FAIL; set MDREAM_SKIP_SYSCALL_TESTS=1 to skip them on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, draw_photo
+from moondream_cli import privacy
+from moondream_cli.syscheck import summary
+
+
+@pytest.fixture(autouse=True)
+def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
+    # run up to 10x slower. Passive waiting changes no result.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+
+
+def _cli_has(option: str) -> bool:
+    """Whether `mdream describe` already takes ``option`` (the folder pipeline adds --sidecar)."""
+    import typer.main
+
+    from moondream_cli.cli.app import app
+
+    group = typer.main.get_command(app)
+    describe = group.commands.get("describe")  # type: ignore[attr-defined]
+    return describe is not None and any(option in p.opts for p in describe.params)
+
+
+def _param(check: privacy.Check) -> object:
+    marks = []
+    if check.needs and not _cli_has(check.needs):
+        marks.append(
+            pytest.mark.skip(
+                reason=f"this CLI has no `describe {check.needs}` yet "
+                "(the folder pipeline, issue 4)"
+            )
+        )
+    return pytest.param(check, id=check.name, marks=marks)
+
+
+# The same command lines `make privacy-check` runs (privacy.CHECKS).
+COMMANDS = [_param(check) for check in privacy.CHECKS]
+
+
+@pytest.fixture(scope="session")
+def syscall_tools() -> None:
+    if os.environ.get("MDREAM_SKIP_SYSCALL_TESTS") == "1":
+        pytest.skip("MDREAM_SKIP_SYSCALL_TESTS=1: syscall traces skipped on purpose")
+    missing = privacy.missing_tools()
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: apt-get install strace util-linux "
+            "(or set MDREAM_SKIP_SYSCALL_TESTS=1 to skip these tests)",
+            pytrace=False,
+        )
+    why = privacy.offline_works()
+    if why:
+        pytest.fail(f"`unshare -n true` fails here: {why}", pytrace=False)
+    assert privacy.precompile(ROOT / "src" / "moondream_cli")
+
+
+@pytest.fixture
+def child_env(tiny_model: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode writes must show up, not be hidden
+    env["PYTHONPATH"] = str(ROOT / "src")
+    env["MDREAM_MODEL"] = str(tiny_model)
+    return env
+
+
+def _inputs(where: Path) -> Path:
+    pictures = [draw_photo(seed=1), draw_photo((64, 80), seed=2), draw_photo((50, 50), seed=3)]
+    return privacy.write_inputs(where, pictures)
+
+
+def _mdream(*args: str) -> list[str]:
+    return [sys.executable, "-m", "moondream_cli", *args, "-n", "6"]
+
+
+@pytest.mark.usefixtures("syscall_tools")
+@pytest.mark.parametrize("check", COMMANDS)
+def test_no_socket_no_write_and_same_output_without_network(
+    check: privacy.Check, tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    traced_dir, offline_dir = _inputs(tmp_path / "traced"), _inputs(tmp_path / "offline")
+    before = privacy.tree(traced_dir)
+    allow = [str(traced_dir / pattern) for pattern in check.outputs]
+
+    run = privacy.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.strip(), "the traced run printed no answer"
+    assert not run.findings, summary(run.findings)
+    if not check.outputs:
+        assert privacy.tree(traced_dir) == before  # nothing created, changed or removed
+
+    cut_off = privacy.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)
+    assert cut_off.returncode == 0, cut_off.stderr.decode()
+    assert privacy.stable_output(cut_off.stdout) == privacy.stable_output(run.stdout)
+    assert privacy.tree(offline_dir) == privacy.tree(traced_dir)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A real loopback server for the planted connection to reach."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5)
+        yield server
+
+
+def _planted(code: str, image: Path) -> list[str]:
+    """A real `mdream describe IMAGE` whose image loader first runs ``code``."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import moondream_cli.images as images
+        from moondream_cli.cli.app import main
+
+        real = images.load_image
+
+        def planted(*args, **kwargs):
+        {code}
+            return real(*args, **kwargs)
+
+        images.load_image = planted
+        main(sys.argv[1:])
+        """
+    ).format(code=textwrap.indent(textwrap.dedent(code), "    "))
+    return [sys.executable, "-c", script, "describe", str(image), "-n", "4"]
+
+
+@pytest.mark.usefixtures("syscall_tools")
+def test_checker_catches_a_file_written_inside_a_real_run(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    image = _inputs(tmp_path / "in") / "a.jpg"
+    leak = tmp_path / "leak.bin"
+    code = f"""
+        import os
+        fd = os.open({str(leak)!r}, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"pixels")
+        os.close(fd)
+    """
+    run = privacy.traced(_planted(code, image), env=child_env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode()
+    assert leak.read_bytes() == b"pixels"
+    assert [(f.kind, f.syscall, f.target) for f in run.findings] == [("write", "openat", str(leak))]
+
+
+@pytest.mark.usefixtures("syscall_tools")
+def test_checker_catches_a_socket_opened_from_c_inside_a_real_run(
+    tmp_path: Path, child_env: dict[str, str], listener: socket.socket
+) -> None:
+    # Straight from libc: Python's audit hooks (the in-process guard) never see this one.
+    image = _inputs(tmp_path / "in") / "a.jpg"
+    port = listener.getsockname()[1]
+    code = f"""
+        import ctypes, socket, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+        addr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", {port})
+        addr += socket.inet_aton("127.0.0.1") + bytes(8)
+        libc.connect(fd, ctypes.c_char_p(addr), len(addr))
+        libc.close(fd)
+    """
+    run = privacy.traced(_planted(code, image), env=child_env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode()
+    conn, _ = listener.accept()  # the planted connection really happened
+    conn.close()
+    calls = [(f.kind, f.syscall) for f in run.findings]
+    assert ("network", "socket") in calls and ("network", "connect") in calls
+    (connect,) = [f for f in run.findings if f.syscall == "connect"]
+    assert f"htons({port})" in connect.target and "127.0.0.1" in connect.target
+
+
+@pytest.mark.usefixtures("syscall_tools")
+def test_a_module_compiled_at_run_time_would_be_caught(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    # Why the checkout is precompiled: without it, bytecode writes are findings.
+    pkg = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src" / "moondream_cli",
+        pkg / "moondream_cli",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    image = _inputs(tmp_path / "in") / "a.jpg"
+    env = dict(child_env, PYTHONPATH=str(pkg))
+    run = privacy.traced(_mdream("describe", str(image)), env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode()
+    written = {f.target for f in run.findings if f.kind == "write"}
+    assert any(t.endswith(".pyc") or ".pyc." in t for t in written), summary(run.findings)
