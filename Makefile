@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)
 CMAKE_ARGS_CUDA := -DGGML_CUDA=on
 LLAMA_SPEC := >=0.3.36,<0.4
 
-.PHONY: install run demo test test-fast lint fix bench bench-ref privacy-check clean
+.PHONY: install system-deps run demo test test-fast lint fix bench bench-ref privacy-check clean
 
 install: $(STAMP)
 
@@ -25,8 +25,15 @@ endif
 run demo: install
 	VENV=$(VENV) ./scripts/demo.sh
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q
+
+# The privacy tests trace real runs with strace and cut the network with unshare -n; they
+# fail (not skip) without them, so install them from Debian when missing.
+system-deps:
+	@command -v strace >/dev/null && command -v unshare >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace util-linux; }
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -43,7 +50,7 @@ fix: install
 # Prove on this machine, with your installed model, that inference opens no socket and
 # writes no file (strace), and prints the same with no network at all (unshare -n).
 # Needs strace and util-linux; PRIVACY_ARGS="--model-dir DIR" picks another model.
-privacy-check: install
+privacy-check: install system-deps
 	$(PY) scripts/privacy_check.py $(PRIVACY_ARGS)
 
 clean:

@@ -24,6 +24,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "100")
+    # llama.cpp's OpenMP threads spin while waiting; with many test processes on a small
+    # machine that turns 0.4 s runs into 10 s ones. Passive waiting changes no result.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     for var in ("MDREAM_MODEL", "MDREAM_DEBUG", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     return home
