@@ -1,15 +1,21 @@
-"""`mdream describe` and `mdream ask`."""
+"""`mdream describe` and `mdream ask`: one record per (image, question), over many inputs."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, BinaryIO, TextIO
 
 import typer
 
 from ..errors import EXIT_INPUT, InputError, MdreamError, UsageError
-from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, describe_question
+from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
+from ..records import Record, normalize_ext, sidecar_path, write_atomic
 from .common import (
     CpuOpt,
     MaxTokensOpt,
@@ -28,15 +34,74 @@ DESCRIBE_EPILOG = """Examples:
 
   mdream describe --length short photo.jpg
 
-  mdream describe a.jpg b.png --model-dir ~/models/moondream2
+  mdream describe photos/ -r --format jsonl > captions.jsonl
+
+  mdream describe *.jpg --format csv
+
+  find . -name '*.png' -print0 | mdream describe --files-from - -0
+
+  mdream describe dataset/ -r --sidecar      # img.txt beside img.jpg; existing ones are kept
+
+  mdream describe --style tags img.png
+
+  cat photo.jpg | mdream describe -
 """
 
 ASK_EPILOG = """Examples:
 
   mdream ask menu.png "What dishes are listed?"
 
-  mdream ask photo.jpg -q "Who is in it?" -q "Where was it taken?"
+  mdream ask photo.jpg -q "Who is in it?" -q "Where was it taken?" --format jsonl
+
+  mdream ask shop/ -r "Is there a price tag?" --choices yes,no --format tsv |
+  awk -F'\\t' '$2=="yes"'
+
+  mdream ask receipt.jpg --json-schema receipt.schema.json
 """
+
+STYLES = ("caption", "tags")
+FORMAT_NAMES = ("text", "jsonl", "csv", "tsv")
+TAGS_MAX_TOKENS = 128
+
+# -- options shared by describe and ask ------------------------------------------------------
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder arguments.")
+]
+FilesFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--files-from",
+        help="Read image paths from FILE ('-': stdin), one per line (NUL-separated with -0).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+NullOpt = Annotated[
+    bool, typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0).")
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Output: text (default), jsonl, csv or tsv. With --sidecar and no --format: none.",
+        show_default=False,
+    ),
+]
+SidecarOpt = Annotated[
+    bool,
+    typer.Option("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
+]
+ExtOpt = Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."
+    ),
+]
+FailFastOpt = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first input that fails.")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -45,11 +110,34 @@ def register(app: typer.Typer) -> None:
 
 
 def describe(
-    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False, metavar="IMAGE...")],
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files or folders; '-' reads one image's bytes from stdin.",
+            show_default=False,
+            metavar="IMAGE...",
+        ),
+    ] = None,
     *,
     length: Annotated[
         str, typer.Option("--length", "-l", help=f"Caption length: {', '.join(LENGTHS)}.")
     ] = "normal",
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style",
+            "-s",
+            help="caption (sentences) or tags (comma-separated, for text-to-image).",
+        ),
+    ] = "caption",
+    recursive: RecursiveOpt = False,
+    files_from: FilesFromOpt = None,
+    null: NullOpt = False,
+    fmt: FormatOpt = None,
+    sidecar: SidecarOpt = False,
+    ext: ExtOpt = ".txt",
+    overwrite: OverwriteOpt = False,
+    fail_fast: FailFastOpt = False,
     model_dir: ModelDirOpt = None,
     cpu: CpuOpt = False,
     threads: ThreadsOpt = None,
@@ -59,15 +147,31 @@ def describe(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Describe each image in words."""
-    question = describe_question(length)
+    """Describe each image in words (or as tags)."""
+    if style == "caption":
+        question, default_tokens = describe_question(length), DESCRIBE_MAX_TOKENS[length]
+    elif style == "tags":
+        question, default_tokens = TAGS_QUESTION, TAGS_MAX_TOKENS
+    else:
+        raise UsageError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
     _run(
-        images,
-        [question],
+        _Job(
+            args=list(images or []),
+            questions=[question],
+            recursive=recursive,
+            files_from=files_from,
+            null=null,
+            fmt=fmt,
+            sidecar=sidecar,
+            ext=ext,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            quiet=quiet,
+        ),
         model_dir=model_dir,
         cpu=cpu,
         threads=threads,
-        max_tokens=max_tokens or DESCRIBE_MAX_TOKENS[length],
+        max_tokens=max_tokens or default_tokens,
         temperature=temperature,
         seed=seed,
         verbose=verbose,
@@ -76,18 +180,49 @@ def describe(
 
 def ask(
     args: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            help="IMAGE... QUESTION: the last argument is the question, unless -q is given.",
+            help="IMAGE... QUESTION: the last argument is the question, unless -q is given. "
+            "Images may be folders; '-' reads one image's bytes from stdin.",
             show_default=False,
             metavar="IMAGE... [QUESTION]",
         ),
-    ],
+    ] = None,
     *,
     question: Annotated[
         list[str] | None,
-        typer.Option("--question", "-q", help="A question; repeat for several. Then every argument is an image."),
+        typer.Option(
+            "--question",
+            "-q",
+            help="A question; repeat for several. Then every argument is an image.",
+        ),
     ] = None,
+    choices: Annotated[
+        str | None,
+        typer.Option(
+            "--choices",
+            help="Comma-separated answers; the answer is exactly one of them (grammar-enforced).",
+            metavar="A,B,...",
+            show_default=False,
+        ),
+    ] = None,
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-schema",
+            help="JSON Schema file; the answer is JSON valid against it (grammar-enforced).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
+    recursive: RecursiveOpt = False,
+    files_from: FilesFromOpt = None,
+    null: NullOpt = False,
+    fmt: FormatOpt = None,
+    sidecar: SidecarOpt = False,
+    ext: ExtOpt = ".txt",
+    overwrite: OverwriteOpt = False,
+    fail_fast: FailFastOpt = False,
     model_dir: ModelDirOpt = None,
     cpu: CpuOpt = False,
     threads: ThreadsOpt = None,
@@ -98,17 +233,39 @@ def ask(
     quiet: QuietOpt = False,
 ) -> None:
     """Answer a question about each image."""
+    args = list(args or [])
     if question:
         images, questions = args, list(question)
-    elif len(args) < 2:
-        raise UsageError("ask needs an image and a question: mdream ask IMAGE \"QUESTION\"")
+    elif not args or (len(args) < 2 and files_from is None):
+        raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
     else:
         images, questions = args[:-1], [args[-1]]
     if any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
+    if choices is not None and json_schema is not None:
+        raise UsageError("use --choices or --json-schema, not both")
+    from .. import grammars
+
+    constraint = None
+    if choices is not None:
+        constraint = grammars.choices_constraint(grammars.parse_choices(choices))
+    elif json_schema is not None:
+        constraint = grammars.schema_constraint(json_schema)
     _run(
-        [Path(p) for p in images],
-        questions,
+        _Job(
+            args=images,
+            questions=questions,
+            recursive=recursive,
+            files_from=files_from,
+            null=null,
+            fmt=fmt,
+            sidecar=sidecar,
+            ext=ext,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            quiet=quiet,
+            constraint=constraint,
+        ),
         model_dir=model_dir,
         cpu=cpu,
         threads=threads,
@@ -119,9 +276,77 @@ def ask(
     )
 
 
+class _Job:
+    """What to run over, and where results go; validated on construction (usage errors, exit 2)."""
+
+    def __init__(
+        self,
+        *,
+        args: list[str],
+        questions: list[str],
+        recursive: bool,
+        files_from: str | None,
+        null: bool,
+        fmt: str | None,
+        sidecar: bool,
+        ext: str,
+        overwrite: bool,
+        fail_fast: bool,
+        quiet: bool,
+        constraint: object = None,
+    ) -> None:
+        self.args, self.questions = args, questions
+        self.recursive, self.files_from, self.null = recursive, files_from, null
+        self.sidecar, self.overwrite, self.fail_fast, self.quiet = (
+            sidecar,
+            overwrite,
+            fail_fast,
+            quiet,
+        )
+        self.constraint = constraint
+        if not args and files_from is None:
+            raise UsageError(
+                "no images given: name files or folders, '-' for stdin, or --files-from"
+            )
+        if fmt is not None and fmt not in FORMAT_NAMES:
+            raise UsageError(f"--format must be one of {', '.join(FORMAT_NAMES)}, not {fmt!r}")
+        if null and files_from is None:
+            raise UsageError("-0/--null only applies to --files-from")
+        if files_from == "-" and "-" in args:
+            raise UsageError("stdin cannot hold both an image and the --files-from list")
+        if not sidecar and (overwrite or ext != ".txt"):
+            raise UsageError("--overwrite and --ext only apply with --sidecar")
+        if sidecar and "-" in args:
+            raise UsageError("--sidecar needs image files: an image from stdin has nowhere to go")
+        if sidecar and len(questions) > 1:
+            raise UsageError("--sidecar holds one answer per image: ask one question at a time")
+        self.ext = normalize_ext(ext)
+        # With --sidecar the answers' home is the sidecars; stdout only on request.
+        self.fmt: str | None = fmt if (fmt or sidecar) else "text"
+        # "One input": the answer alone. Decided from the command line, never from what a
+        # folder happens to contain, so output stays predictable.
+        self.single = (
+            len(questions) == 1
+            and files_from is None
+            and len(args) == 1
+            and not os.path.isdir(args[0])
+        )
+
+    def open_list(self) -> BinaryIO | None:
+        if self.files_from is None:
+            return None
+        if self.files_from == "-":
+            return sys.stdin.buffer
+        try:
+            return open(self.files_from, "rb")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --files-from: {exc.strerror or exc}", path=self.files_from
+            ) from exc
+
+
 def _run(
-    images: list[Path],
-    questions: list[str],
+    job: _Job,
     *,
     model_dir: Path | None,
     cpu: bool,
@@ -136,54 +361,147 @@ def _run(
     guard.forbid_network()
     out = claim_stdout()
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
-    from ..api import Moondream
-    from ..engine import EngineOptions, Sampling
-    from ..images import load_image
+    from .. import locate
+    from .. import records as rec
+    from ..engine import Engine, EngineOptions, Sampling
+    from ..inputs import Source, expand
+    from ..runner import run
+    from .progress import reporter
 
-    options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose)
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    single = len(images) == 1 and len(questions) == 1
-    stream = single and out.isatty()
-    failed = 0
-    with Moondream(model_dir, options=options) as md:
-        for image in images:
-            try:
-                pixels = load_image(image)
-                for q in questions:
-                    if stream:
-                        md.ask(pixels, q, sampling=sampling, on_text=lambda t: _write(out, t))
-                        _write(out, "\n")
-                        continue
-                    answer = md.ask(pixels, q, sampling=sampling)
-                    _emit(out, image, q, answer, single=single, many_questions=len(questions) > 1)
-            except InputError as exc:
-                if exc.path is None:
-                    exc.path = str(image)
-                if single:
-                    raise
-                failed += 1
-                sys.stderr.write(f"mdream: error: {exc}\n")
+    render = (
+        rec.renderer(job.fmt, single=job.single, with_question=len(job.questions) > 1)
+        if job.fmt
+        else None
+    )
+    stream = job.single and job.fmt == "text" and out.isatty()
+    listing = job.open_list()
+    try:
+        sources = expand(job.args, recursive=job.recursive, files_from=listing, null=job.null)
+        files = locate.resolve(model_dir)
+        options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose)
+        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+        def skip(source: Source) -> bool:
+            return (
+                job.sidecar
+                and not job.overwrite
+                and rec.sidecar_path(source.label, job.ext).exists()
+            )
+
+        failed = skipped = 0
+        written: set[str] = set()
+        with reporter(quiet=job.quiet, total=None) as progress, Engine(files, options) as engine:
+            _count_in_background(job, progress)
+            if render is not None:
+                _emit(out, render.header())
+            results = run(
+                sources,
+                job.questions,
+                engine,
+                sampling,
+                constraint=job.constraint,  # type: ignore[arg-type]
+                skip=skip,
+                read_stdin=sys.stdin.buffer.read,
+                on_text=(lambda text: _emit(out, text)) if stream else None,
+            )
+            for result in results:
+                if result.skipped:
+                    skipped += 1
+                    progress.advance(failed=False)
+                    continue
+                records = result.records
+                if job.sidecar:
+                    records = [_write_sidecar(r, job.ext, written) for r in records]
+                if render is not None:
+                    if stream and records[0].ok:
+                        _emit(out, "\n")  # the answer itself was streamed
+                    else:
+                        _emit(out, "".join(render.render(r) for r in records))
+                bad = [r for r in records if not r.ok]
+                for reason in dict.fromkeys(r.error for r in bad):
+                    progress.error(f"mdream: error: {records[0].path}: {reason}")
+                progress.advance(failed=bool(bad))
+                if bad:
+                    failed += 1
+                    if job.fail_fast:
+                        progress.note("mdream: stopping at the first failure (--fail-fast)")
+                        break
+        if skipped:
+            progress.note(
+                f"mdream: kept {skipped} existing {job.ext} sidecar{'s' if skipped != 1 else ''}"
+                " (--overwrite replaces them)"
+            )
+    finally:
+        if listing is not None and listing is not sys.stdin.buffer:
+            listing.close()
     out.flush()
     if failed:
         raise typer.Exit(EXIT_INPUT)
 
 
-def _write(out: TextIO, text: str) -> None:
-    out.write(text)
-    out.flush()
+def _write_sidecar(record: Record, ext: str, written: set[str]) -> Record:
+    if not record.ok or record.answer is None:
+        return record
+    path = sidecar_path(record.path, ext)
+    key = os.path.realpath(path)
+    try:
+        if key in written:
+            raise InputError(f"{path} was already written for another image in this run")
+        with _no_interrupt():
+            write_atomic(path, record.answer + "\n")
+        written.add(key)
+    except InputError as exc:
+        return Record(record.path, record.question, None, exc.message, record.elapsed_ms)
+    return record
 
 
-def _emit(out: TextIO, image: Path, question: str, answer: str, *, single: bool,
-          many_questions: bool) -> None:
-    if single:
-        out.write(answer + "\n")
+def _count_in_background(job: _Job, progress: object) -> None:
+    """Give the progress bar its total without holding up the first answer."""
+    from ..inputs import expand
+    from .progress import BarReporter
+
+    if not isinstance(progress, BarReporter) or job.files_from == "-":
         return
-    fields = [str(image)] + ([question] if many_questions else []) + [answer]
-    out.write("\t".join(_escape(f) for f in fields) + "\n")
+
+    def count() -> None:
+        listing = open(job.files_from, "rb") if job.files_from else None  # noqa: SIM115
+        try:
+            total = sum(
+                1
+                for _ in expand(
+                    job.args, recursive=job.recursive, files_from=listing, null=job.null
+                )
+            )
+        except (OSError, MdreamError):
+            return
+        finally:
+            if listing is not None:
+                listing.close()
+        progress.set_total(total)
+
+    threading.Thread(target=count, name="mdream-count", daemon=True).start()
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+@contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C off while a record or sidecar is written: it lands whole or not at all."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
 
 
-__all__ = ["register", "MdreamError"]
+def _emit(out: TextIO, text: str) -> None:
+    if not text:
+        return
+    with _no_interrupt():
+        out.write(text)
+        out.flush()
+
+
+__all__ = ["register"]
