@@ -147,7 +147,10 @@ def write_atomic(path: Path, text: str) -> None:
     The text goes to a temporary file in the same folder, which then replaces ``path``
     (``os.replace`` is atomic within a filesystem). Interrupted, the temporary file is removed.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write sidecar: {exc.strerror or exc}", path=str(path)) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -9,11 +10,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, BinaryIO, TextIO
+from typing import Annotated, Any, BinaryIO, TextIO
 
 import typer
 
-from ..errors import EXIT_INPUT, InputError, MdreamError, UsageError
+from ..errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, MdreamError, UsageError
 from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
 from ..records import Record, normalize_ext, sidecar_path, write_atomic
 from .common import (
@@ -345,8 +346,28 @@ class _Job:
             ) from exc
 
 
-def _run(
+def _run(job: _Job, **engine_args: Any) -> None:
+    from .. import guard
+
+    guard.forbid_network()
+    out = claim_stdout()
+    # Typer turns Ctrl-C into a silent exit 130 and EPIPE into exit 1 before the entry point
+    # sees either, so both are settled here: say "interrupted"; end `| head` quietly with 0.
+    try:
+        _batch(job, out, **engine_args)
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()  # every finished record is whole: each was written in one piece
+        sys.stderr.write("mdream: interrupted\n")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        _silence(out)
+        raise typer.Exit(0) from None
+
+
+def _batch(
     job: _Job,
+    out: TextIO,
     *,
     model_dir: Path | None,
     cpu: bool,
@@ -356,10 +377,6 @@ def _run(
     seed: int | None,
     verbose: bool,
 ) -> None:
-    from .. import guard
-
-    guard.forbid_network()
-    out = claim_stdout()
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
     from .. import locate
     from .. import records as rec
@@ -494,6 +511,16 @@ def _no_interrupt() -> Iterator[None]:
         yield
     finally:
         mask(signal.SIG_SETMASK, old)
+
+
+def _silence(out: TextIO) -> None:
+    """The reader is gone: send whatever is still buffered for stdout to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _emit(out: TextIO, text: str) -> None:
