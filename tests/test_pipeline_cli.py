@@ -343,3 +343,38 @@ def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path
         str(tmp_path / "imgs" / f"img-{i:04d}.png") for i in range(len(rows))
     ]
     assert err.decode().splitlines()[-1] == "mdream: interrupted"
+
+
+def run_with_tty_stderr(*args: str | os.PathLike[str]) -> tuple[int, str]:
+    """Run mdream with stderr on a pseudo-terminal (stdout still a pipe); return rc and stderr."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = child_env() | {"COLUMNS": "100"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moondream_cli", *map(str, args)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return child.wait(timeout=60), seen.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_not_with_quiet(tiny_model: Path, tmp_path: Path) -> None:
+    album = make_folder(tmp_path)
+    rc, shown = run_with_tty_stderr("describe", album, "-r", "-m", tiny_model, *FAST, "-f", "jsonl")
+    assert rc == 1
+    assert "5/5" in shown and "img/s" in shown and "1 failed" in shown
+    assert f"mdream: error: {album / CORRUPT}:" in shown
+    rc, quiet = run_with_tty_stderr("describe", album, "-r", "-m", tiny_model, *FAST, "--quiet")
+    assert rc == 1
+    assert "img/s" not in quiet and f"mdream: error: {album / CORRUPT}:" in quiet
