@@ -199,7 +199,7 @@ def test_sidecars_are_written_kept_then_overwritten(tiny_model: Path, tmp_path: 
 def test_sidecar_ext_and_usage_errors(tiny_model: Path, tmp_path: Path) -> None:
     album = make_folder(tmp_path)
     proc = run_mdream(
-        "describe", album / "a.jpg", "--sidecar", "--ext", "caption", "-m", tiny_model
+        "describe", album / "a.jpg", "--sidecar", "--ext", "caption", "-m", tiny_model, *FAST
     )
     assert proc.returncode == 0, proc.stderr
     assert (album / "a.caption").is_file()
@@ -216,15 +216,12 @@ def test_choices_answers_are_always_in_the_set(tiny_model: Path, tmp_path: Path)
     paths = [str(p) for p in make_many(tmp_path / "imgs", 1)]
     album = make_folder(tmp_path)
     args = ["ask", album, *paths, "Is there a price tag?", "-m", tiny_model, "-t", "1"]
-    free = jsonl(run_mdream(*args, "-n", "6", "-f", "jsonl").stdout)
     choices = ["yes", "no", "maybe"]
-    # Random weights: unconstrained, the answer is never one of the choices...
-    assert not any(r["answer"] in choices for r in free if r["error"] is None)
     proc = run_mdream(*args, "--choices", ",".join(choices), "-f", "tsv")
     rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[1:]]
     good = [r for r in rows if not r[3]]
     assert len(good) == 4
-    # ...with --choices it always is.
+    # Random weights answer gibberish (test_pipeline_runner shows it); the grammar forbids it.
     assert all(r[1] in choices for r in good)
 
 
@@ -247,9 +244,20 @@ def test_json_schema_answers_validate(tiny_model: Path, tmp_path: Path) -> None:
     images = [str(p) for p in make_many(tmp_path / "imgs", 1)]
     images += [str(album / name) for name in (*GOOD_TOP, CORRUPT)]
     proc = run_mdream(
-        "ask", *images, "What is it?", "--json-schema", schema, "-m", tiny_model, "-t", "1",
-        "-n", "64", "-f", "jsonl",
-    )  # fmt: skip
+        "ask",
+        *images,
+        "What is it?",
+        "--json-schema",
+        schema,
+        "-m",
+        tiny_model,
+        "-t",
+        "1",
+        "-n",
+        "64",
+        "-f",
+        "jsonl",
+    )
     rows = jsonl(proc.stdout)
     answered = [r for r in rows if r["error"] is None]
     assert len(answered) == 4
@@ -263,12 +271,27 @@ def test_json_schema_answer_cut_short_is_an_error_record_not_a_crash(
     tiny_model: Path, tmp_path: Path, photo: Path
 ) -> None:
     schema = tmp_path / "free.schema.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string"}},
-                                  "required": ["name"]}))  # fmt: skip
+    schema.write_text(
+        json.dumps(
+            {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+        )
+    )
     proc = run_mdream(
-        "ask", photo, photo, "Name?", "--json-schema", schema, "-m", tiny_model, "-n", "4",
-        "-f", "jsonl",
-    )  # fmt: skip
+        "ask",
+        photo,
+        photo,
+        "Name?",
+        "--json-schema",
+        schema,
+        "-m",
+        tiny_model,
+        "-n",
+        "4",
+        "-t",
+        "1",
+        "-f",
+        "jsonl",
+    )
     assert proc.returncode == 1
     (row,) = jsonl(proc.stdout)  # the duplicate input was dropped
     assert row["answer"] is None and "max-tokens" in str(row["error"])
@@ -286,16 +309,13 @@ def test_bad_schema_is_usage_error_before_any_work(
     assert stderr_lines(proc)[0].startswith(f"mdream: error: {schema}: ")
 
 
-def test_several_questions_reuse_one_image_and_match_single_questions(
-    tiny_model: Path, photo: Path
-) -> None:
+def test_repeated_q_gives_one_record_per_question(tiny_model: Path, photo: Path) -> None:
     both = run_mdream(
         "ask", photo, "-q", "Who?", "-q", "Where?", "-m", tiny_model, *FAST, "-f", "jsonl"
     )
     rows = jsonl(both.stdout)
     assert [r["question"] for r in rows] == ["Who?", "Where?"]
-    where = run_mdream("ask", photo, "Where?", "-m", tiny_model, *FAST)
-    assert where.stdout.decode() == f"{rows[1]['answer']}\n"
+    assert all(r["path"] == str(photo) and r["answer"] for r in rows)
 
 
 def test_tags_style(tiny_model: Path, photo: Path) -> None:
@@ -325,10 +345,26 @@ def test_head_one_ends_quietly(tiny_model: Path, tmp_path: Path, fmt: str) -> No
 def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path: Path) -> None:
     make_many(tmp_path / "imgs", 300)
     child = subprocess.Popen(
-        [sys.executable, "-m", "moondream_cli", "describe", str(tmp_path / "imgs"),
-         "-m", str(tiny_model), "-n", "48", "-t", "1", "-f", "jsonl"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "moondream_cli",
+            "describe",
+            str(tmp_path / "imgs"),
+            "-m",
+            str(tiny_model),
+            "-n",
+            "48",
+            "-t",
+            "1",
+            "-f",
+            "jsonl",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=child_env(),
+    )
     assert child.stdout is not None
     first = child.stdout.readline()
     child.send_signal(signal.SIGINT)
@@ -353,8 +389,11 @@ def run_with_tty_stderr(*args: str | os.PathLike[str]) -> tuple[int, str]:
     env = child_env() | {"COLUMNS": "100"}
     child = subprocess.Popen(
         [sys.executable, "-m", "moondream_cli", *map(str, args)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env=env,
+    )
     os.close(follower)
     seen = b""
     while True:
