@@ -134,3 +134,30 @@ def test_grammar_that_cannot_finish_in_max_tokens_is_an_error_record(
     )
     assert len(rows) == 2
     assert all(a is None and "max-tokens" in str(e) for _, _, a, e in rows)
+
+
+class KeyLog:
+    """The real engine, with a log of the keys each image was set under."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.keys: list[object] = []
+
+    def set_image(self, pixels: Any, *, key: object = None, label: str | None = None) -> None:
+        self.keys.append(key)
+        self.engine.set_image(pixels, key=key, label=label)
+
+    def ask(self, question: str, sampling: Any = None, on_text: Any = None) -> str:
+        return self.engine.ask(question, sampling, on_text)
+
+
+def test_each_image_is_set_once_per_run_under_a_key_no_other_run_uses(
+    engine: Engine, album: Path
+) -> None:
+    log = KeyLog(engine)
+    sampling = Sampling(max_tokens=2)
+    for image in ("a.jpg", "b.png"):
+        # Two one-image runs on one engine: same position, different images.
+        list(run(expand([str(album / image)]), ["Q1?", "Q2?"], log, sampling))
+    assert len(log.keys) == 2  # once per image, not once per question
+    assert log.keys[0] != log.keys[1]

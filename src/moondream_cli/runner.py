@@ -106,6 +106,9 @@ def run(
         daemon=True,
     )
     worker.start()
+    # Keys are unique to this run, so an engine reused across runs never mistakes a new
+    # image for the one it encoded last.
+    run_key = object()
     try:
         while True:
             item = pending.get()
@@ -114,7 +117,9 @@ def run(
             if isinstance(item, _Crashed):
                 raise item.exc
             assert isinstance(item, _Decoded)
-            yield _answer(item, questions, model, sampling, constraint, on_text)
+            yield _answer(
+                item, (run_key, item.index), questions, model, sampling, constraint, on_text
+            )
     finally:
         stop.set()
         _drain(pending)
@@ -123,6 +128,7 @@ def run(
 
 def _answer(
     item: _Decoded,
+    key: object,
     questions: Sequence[str],
     model: Model,
     sampling: Sampling,
@@ -142,7 +148,7 @@ def _answer(
     assert item.pixels is not None
     start = time.perf_counter() - item.decode_ms / 1000.0  # the first record pays for decoding
     try:
-        model.set_image(item.pixels, key=("batch", item.index), label=label)
+        model.set_image(item.pixels, key=key, label=label)
     except InputError as exc:
         ms = round((time.perf_counter() - start) * 1000)
         result.records = [Record(label, q, error=exc.message, elapsed_ms=ms) for q in questions]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -477,8 +478,10 @@ def _count_in_background(job: _Job, progress: object) -> None:
     from ..inputs import expand
     from .progress import BarReporter
 
-    if not isinstance(progress, BarReporter) or job.files_from == "-":
+    if not isinstance(progress, BarReporter):
         return
+    if job.files_from is not None and not _is_regular_file(job.files_from):
+        return  # stdin, a pipe, <(find …): it can be read only once, by the batch itself
 
     def count() -> None:
         listing = open(job.files_from, "rb") if job.files_from else None  # noqa: SIM115
@@ -497,6 +500,13 @@ def _count_in_background(job: _Job, progress: object) -> None:
         progress.set_total(total)
 
     threading.Thread(target=count, name="mdream-count", daemon=True).start()
+
+
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @contextmanager
