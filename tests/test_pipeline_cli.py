@@ -417,3 +417,35 @@ def test_progress_bar_on_a_terminal_and_not_with_quiet(tiny_model: Path, tmp_pat
     rc, quiet = run_with_tty_stderr("describe", album, "-r", "-m", tiny_model, *FAST, "--quiet")
     assert rc == 1
     assert "img/s" not in quiet and f"mdream: error: {album / CORRUPT}:" in quiet
+
+
+def test_sigint_during_sidecar_batch_leaves_only_whole_sidecars(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    images = make_many(tmp_path / "imgs", 300)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moondream_cli", "describe", str(tmp_path / "imgs"), "--sidecar",
+         "-m", str(tiny_model), "-n", "48", "-t", "1", "-f", "jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env(),
+    )  # fmt: skip
+    assert child.stdout is not None
+    child.stdout.readline()
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    sidecars = sorted((tmp_path / "imgs").glob("*.txt"))
+    assert 1 <= len(sidecars) < len(images)
+    assert [s.stem for s in sidecars] == [i.stem for i in images[: len(sidecars)]]
+    assert all(s.read_text().endswith("\n") and s.read_text().strip() for s in sidecars)
+    assert not [p for p in os.listdir(tmp_path / "imgs") if p.startswith(".")]  # no temp files
+
+
+@pytest.mark.parametrize(
+    ("command", "example"),
+    [("describe", "--files-from - -0"), ("describe", "--sidecar"), ("ask", "--json-schema")],
+)
+def test_help_has_a_summary_and_pipeline_examples(command: str, example: str) -> None:
+    proc = run_mdream(command, "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    text = proc.stdout.decode()
+    assert "Examples:" in text and example in text
