@@ -449,3 +449,14 @@ def test_help_has_a_summary_and_pipeline_examples(command: str, example: str) ->
     assert proc.returncode == 0
     text = proc.stdout.decode()
     assert "Examples:" in text and example in text
+
+
+def test_loading_the_cli_imports_no_model_image_or_terminal_libraries() -> None:
+    code = (
+        "import sys, moondream_cli.cli.app\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'llama_cpp', 'PIL', 'rich'}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=child_env(), timeout=60, check=True
+    )
+    assert proc.stdout.decode().strip() == "[]"

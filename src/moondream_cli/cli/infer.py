@@ -10,14 +10,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, TextIO
 
 import typer
 
+from .. import grammars
 from ..errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, MdreamError, UsageError
+from ..grammars import Constraint
 from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
-from ..records import Record, normalize_ext, sidecar_path, write_atomic
+from ..records import Record, normalize_ext, renderer, sidecar_path, write_atomic
 from .common import (
     CpuOpt,
     MaxTokensOpt,
@@ -29,6 +32,7 @@ from .common import (
     VerboseOpt,
     claim_stdout,
 )
+from .progress import BarReporter, Reporter, reporter
 
 DESCRIBE_EPILOG = """Examples:
 
@@ -246,8 +250,6 @@ def ask(
         raise UsageError("the question is empty")
     if choices is not None and json_schema is not None:
         raise UsageError("use --choices or --json-schema, not both")
-    from .. import grammars
-
     constraint = None
     if choices is not None:
         constraint = grammars.choices_constraint(grammars.parse_choices(choices))
@@ -278,57 +280,50 @@ def ask(
     )
 
 
+@dataclass
 class _Job:
-    """What to run over, and where results go; validated on construction (usage errors, exit 2)."""
+    """What to run over, and where results go; checked on creation (usage errors, exit 2)."""
 
-    def __init__(
-        self,
-        *,
-        args: list[str],
-        questions: list[str],
-        recursive: bool,
-        files_from: str | None,
-        null: bool,
-        fmt: str | None,
-        sidecar: bool,
-        ext: str,
-        overwrite: bool,
-        fail_fast: bool,
-        quiet: bool,
-        constraint: object = None,
-    ) -> None:
-        self.args, self.questions = args, questions
-        self.recursive, self.files_from, self.null = recursive, files_from, null
-        self.sidecar, self.overwrite, self.fail_fast, self.quiet = (
-            sidecar,
-            overwrite,
-            fail_fast,
-            quiet,
-        )
-        self.constraint = constraint
+    args: list[str]
+    questions: list[str]
+    recursive: bool = False
+    files_from: str | None = None
+    null: bool = False
+    fmt: str | None = None
+    sidecar: bool = False
+    ext: str = ".txt"
+    overwrite: bool = False
+    fail_fast: bool = False
+    quiet: bool = False
+    constraint: Constraint | None = None
+    single: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        args, files_from = self.args, self.files_from
         if not args and files_from is None:
             raise UsageError(
                 "no images given: name files or folders, '-' for stdin, or --files-from"
             )
-        if fmt is not None and fmt not in FORMAT_NAMES:
-            raise UsageError(f"--format must be one of {', '.join(FORMAT_NAMES)}, not {fmt!r}")
-        if null and files_from is None:
+        if self.fmt is not None and self.fmt not in FORMAT_NAMES:
+            raise UsageError(f"--format must be one of {', '.join(FORMAT_NAMES)}, not {self.fmt!r}")
+        if self.null and files_from is None:
             raise UsageError("-0/--null only applies to --files-from")
         if files_from == "-" and "-" in args:
             raise UsageError("stdin cannot hold both an image and the --files-from list")
-        if not sidecar and (overwrite or ext != ".txt"):
+        if not self.sidecar and (self.overwrite or self.ext != ".txt"):
             raise UsageError("--overwrite and --ext only apply with --sidecar")
-        if sidecar and "-" in args:
+        if self.sidecar and "-" in args:
             raise UsageError("--sidecar needs image files: an image from stdin has nowhere to go")
-        if sidecar and len(questions) > 1:
+        if self.sidecar and len(self.questions) > 1:
             raise UsageError("--sidecar holds one answer per image: ask one question at a time")
-        self.ext = normalize_ext(ext)
+        self.ext = normalize_ext(self.ext)
         # With --sidecar the answers' home is the sidecars; stdout only on request.
-        self.fmt: str | None = fmt if (fmt or sidecar) else "text"
+        if self.fmt is None and not self.sidecar:
+            self.fmt = "text"
         # "One input": the answer alone. Decided from the command line, never from what a
         # folder happens to contain, so output stays predictable.
         self.single = (
-            len(questions) == 1
+            len(self.questions) == 1
             and files_from is None
             and len(args) == 1
             and not os.path.isdir(args[0])
@@ -380,14 +375,12 @@ def _batch(
 ) -> None:
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
     from .. import locate
-    from .. import records as rec
     from ..engine import Engine, EngineOptions, Sampling
     from ..inputs import Source, expand
     from ..runner import run
-    from .progress import reporter
 
     render = (
-        rec.renderer(job.fmt, single=job.single, with_question=len(job.questions) > 1)
+        renderer(job.fmt, single=job.single, with_question=len(job.questions) > 1)
         if job.fmt
         else None
     )
@@ -401,9 +394,7 @@ def _batch(
 
         def skip(source: Source) -> bool:
             return (
-                job.sidecar
-                and not job.overwrite
-                and rec.sidecar_path(source.label, job.ext).exists()
+                job.sidecar and not job.overwrite and sidecar_path(source.label, job.ext).exists()
             )
 
         failed = skipped = 0
@@ -417,7 +408,7 @@ def _batch(
                 job.questions,
                 engine,
                 sampling,
-                constraint=job.constraint,  # type: ignore[arg-type]
+                constraint=job.constraint,
                 skip=skip,
                 read_stdin=sys.stdin.buffer.read,
                 on_text=(lambda text: _emit(out, text)) if stream else None,
@@ -473,10 +464,9 @@ def _write_sidecar(record: Record, ext: str, written: set[str]) -> Record:
     return record
 
 
-def _count_in_background(job: _Job, progress: object) -> None:
+def _count_in_background(job: _Job, progress: Reporter) -> None:
     """Give the progress bar its total without holding up the first answer."""
     from ..inputs import expand
-    from .progress import BarReporter
 
     if not isinstance(progress, BarReporter):
         return
