@@ -309,6 +309,15 @@ def test_bad_schema_is_usage_error_before_any_work(
     assert stderr_lines(proc)[0].startswith(f"mdream: error: {schema}: ")
 
 
+def test_ask_with_an_image_where_the_question_should_be_is_a_usage_error(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    album = make_folder(tmp_path)
+    proc = run_mdream("ask", album / "a.jpg", album / "b.png", "-m", tiny_model)
+    assert proc.returncode == 2
+    assert "is an image file" in proc.stderr.decode() and proc.stdout == b""
+
+
 def test_repeated_q_gives_one_record_per_question(tiny_model: Path, photo: Path) -> None:
     both = run_mdream(
         "ask", photo, "-q", "Who?", "-q", "Where?", "-m", tiny_model, *FAST, "-f", "jsonl"

@@ -246,6 +246,11 @@ def ask(
         raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
     else:
         images, questions = args[:-1], [args[-1]]
+        if _names_an_image(args[-1]):
+            raise UsageError(
+                f"the last argument is the question, but {args[-1]!r} is an image file — "
+                'add the question: mdream ask IMAGE... "QUESTION" (or use -q)'
+            )
     if any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
     if choices is not None and json_schema is not None:
@@ -490,6 +495,12 @@ def _count_in_background(job: _Job, progress: Reporter) -> None:
         progress.set_total(total)
 
     threading.Thread(target=count, name="mdream-count", daemon=True).start()
+
+
+def _names_an_image(text: str) -> bool:
+    from ..images import EXTENSIONS
+
+    return os.path.splitext(text)[1].lower() in EXTENSIONS and os.path.isfile(text)
 
 
 def _is_regular_file(path: str) -> bool:
