@@ -196,6 +196,23 @@ def test_sidecars_are_written_kept_then_overwritten(tiny_model: Path, tmp_path: 
     assert not [p for p in os.listdir(album) if p.endswith(".tmp")]
 
 
+def test_sidecar_never_replaces_the_image_itself(tiny_model: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "scan.txt"  # a PNG with a .txt name, named explicitly
+    make_many(tmp_path / "src", 1)[0].rename(odd)
+    before = odd.read_bytes()
+    proc = run_mdream("describe", odd, "--sidecar", "--overwrite", "-m", tiny_model, *FAST)
+    assert proc.returncode == 1
+    assert "would replace the image itself" in proc.stderr.decode()
+    assert odd.read_bytes() == before
+
+
+def test_empty_folder_says_so_and_succeeds(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = run_mdream("describe", tmp_path / "empty", "-m", tiny_model, *FAST)
+    assert proc.returncode == 0
+    assert proc.stdout == b"" and stderr_lines(proc) == ["mdream: no images found"]
+
+
 def test_sidecar_ext_and_usage_errors(tiny_model: Path, tmp_path: Path) -> None:
     album = make_folder(tmp_path)
     proc = run_mdream(

@@ -398,11 +398,14 @@ def _batch(
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
 
         def skip(source: Source) -> bool:
-            return (
-                job.sidecar and not job.overwrite and sidecar_path(source.label, job.ext).exists()
-            )
+            if not job.sidecar or job.overwrite:
+                return False
+            path = sidecar_path(source.label, job.ext)
+            # An image whose name already ends in the sidecar suffix is not its own sidecar:
+            # it goes on, and its record will say why no sidecar can be written.
+            return path.exists() and not _same_file(path, source.label)
 
-        failed = skipped = 0
+        failed = skipped = seen = 0
         written: set[str] = set()
         with reporter(quiet=job.quiet, total=None) as progress, Engine(files, options) as engine:
             _count_in_background(job, progress)
@@ -419,6 +422,7 @@ def _batch(
                 on_text=(lambda text: _emit(out, text)) if stream else None,
             )
             for result in results:
+                seen += 1
                 if result.skipped:
                     skipped += 1
                     progress.advance(failed=False)
@@ -440,6 +444,8 @@ def _batch(
                     if job.fail_fast:
                         progress.note("mdream: stopping at the first failure (--fail-fast)")
                         break
+        if not seen:
+            progress.note("mdream: no images found")
         if skipped:
             progress.note(
                 f"mdream: kept {skipped} existing {job.ext} sidecar{'s' if skipped != 1 else ''}"
@@ -459,6 +465,8 @@ def _write_sidecar(record: Record, ext: str, written: set[str]) -> Record:
     path = sidecar_path(record.path, ext)
     key = os.path.realpath(path)
     try:
+        if key == os.path.realpath(record.path):
+            raise InputError(f"the {ext} sidecar would replace the image itself; use --ext")
         if key in written:
             raise InputError(f"{path} was already written for another image in this run")
         with _no_interrupt():
@@ -495,6 +503,10 @@ def _count_in_background(job: _Job, progress: Reporter) -> None:
         progress.set_total(total)
 
     threading.Thread(target=count, name="mdream-count", daemon=True).start()
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _names_an_image(text: str) -> bool:
