@@ -407,6 +407,21 @@ def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path
     assert err.decode().splitlines()[-1] == "mdream: interrupted"
 
 
+def read_terminal(leader: int) -> bytes:
+    """Everything the child writes to its pseudo-terminal, until it closes it."""
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return seen
+
+
 def run_with_tty_stderr(*args: str | os.PathLike[str]) -> tuple[int, str]:
     """Run mdream with stderr on a pseudo-terminal (stdout still a pipe); return rc and stderr."""
     import pty
@@ -421,16 +436,7 @@ def run_with_tty_stderr(*args: str | os.PathLike[str]) -> tuple[int, str]:
         env=env,
     )
     os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
+    seen = read_terminal(leader)
     return child.wait(timeout=60), seen.decode(errors="replace")
 
 
@@ -486,3 +492,19 @@ def test_loading_the_cli_imports_no_model_image_or_terminal_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, env=child_env(), timeout=60, check=True
     )
     assert proc.stdout.decode().strip() == "[]"
+
+
+def test_one_image_on_a_terminal_streams_the_same_answer(tiny_model: Path, photo: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moondream_cli", "describe", str(photo), "-m", str(tiny_model),
+         *FAST],
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, env=child_env(),
+    )  # fmt: skip
+    os.close(follower)
+    shown = read_terminal(leader)
+    assert child.wait(timeout=60) == 0
+    piped = run_mdream("describe", photo, "-m", tiny_model, *FAST)
+    assert shown.replace(b"\r\n", b"\n") == piped.stdout
