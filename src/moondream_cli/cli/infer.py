@@ -418,7 +418,7 @@ def _batch(
                 sampling,
                 constraint=job.constraint,
                 skip=skip,
-                read_stdin=sys.stdin.buffer.read,
+                read_stdin=lambda: sys.stdin.buffer.read(),
                 on_text=(lambda text: _emit(out, text)) if stream else None,
             )
             for result in results:
