@@ -1,15 +1,17 @@
-"""`mdream describe` and `mdream ask`."""
+"""`mdream describe` and `mdream ask`: one record per (image, question), over many inputs."""
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import typer
 
-from ..errors import EXIT_INPUT, InputError, MdreamError, UsageError
-from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, describe_question
+from .. import grammars
+from ..errors import UsageError
+from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
+from .batch import Job, run_job
 from .common import (
     CpuOpt,
     MaxTokensOpt,
@@ -19,7 +21,6 @@ from .common import (
     TemperatureOpt,
     ThreadsOpt,
     VerboseOpt,
-    claim_stdout,
 )
 
 DESCRIBE_EPILOG = """Examples:
@@ -28,15 +29,73 @@ DESCRIBE_EPILOG = """Examples:
 
   mdream describe --length short photo.jpg
 
-  mdream describe a.jpg b.png --model-dir ~/models/moondream2
+  mdream describe photos/ -r --format jsonl > captions.jsonl
+
+  mdream describe *.jpg --format csv
+
+  find . -name '*.png' -print0 | mdream describe --files-from - -0
+
+  mdream describe dataset/ -r --sidecar      # img.txt beside img.jpg; existing ones are kept
+
+  mdream describe --style tags img.png
+
+  cat photo.jpg | mdream describe -
 """
 
 ASK_EPILOG = """Examples:
 
   mdream ask menu.png "What dishes are listed?"
 
-  mdream ask photo.jpg -q "Who is in it?" -q "Where was it taken?"
+  mdream ask photo.jpg -q "Who is in it?" -q "Where was it taken?" --format jsonl
+
+  mdream ask shop/ -r "Is there a price tag?" --choices yes,no --format tsv |
+  awk -F'\\t' '$2=="yes"'
+
+  mdream ask receipt.jpg --json-schema receipt.schema.json
 """
+
+STYLES = ("caption", "tags")
+TAGS_MAX_TOKENS = 128
+
+# -- options shared by describe and ask ------------------------------------------------------
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder arguments.")
+]
+FilesFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--files-from",
+        help="Read image paths from FILE ('-': stdin), one per line (NUL-separated with -0).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
+NullOpt = Annotated[
+    bool, typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0).")
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Output: text (default), jsonl, csv or tsv. With --sidecar and no --format: none.",
+        show_default=False,
+    ),
+]
+SidecarOpt = Annotated[
+    bool,
+    typer.Option("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
+]
+ExtOpt = Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."
+    ),
+]
+FailFastOpt = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first input that fails.")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -46,12 +105,33 @@ def register(app: typer.Typer) -> None:
 
 def describe(
     images: Annotated[
-        list[Path], typer.Argument(help="Image files.", show_default=False, metavar="IMAGE...")
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="Image files or folders; '-' reads one image's bytes from stdin.",
+            show_default=False,
+            metavar="IMAGE...",
+        ),
+    ] = None,
     *,
     length: Annotated[
         str, typer.Option("--length", "-l", help=f"Caption length: {', '.join(LENGTHS)}.")
     ] = "normal",
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style",
+            "-s",
+            help="caption (sentences) or tags (comma-separated, for text-to-image).",
+        ),
+    ] = "caption",
+    recursive: RecursiveOpt = False,
+    files_from: FilesFromOpt = None,
+    null: NullOpt = False,
+    fmt: FormatOpt = None,
+    sidecar: SidecarOpt = False,
+    ext: ExtOpt = ".txt",
+    overwrite: OverwriteOpt = False,
+    fail_fast: FailFastOpt = False,
     model_dir: ModelDirOpt = None,
     cpu: CpuOpt = False,
     threads: ThreadsOpt = None,
@@ -61,15 +141,31 @@ def describe(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Describe each image in words."""
-    question = describe_question(length)
-    _run(
-        images,
-        [question],
+    """Describe each image in words (or as tags)."""
+    if style == "caption":
+        question, default_tokens = describe_question(length), DESCRIBE_MAX_TOKENS[length]
+    elif style == "tags":
+        question, default_tokens = TAGS_QUESTION, TAGS_MAX_TOKENS
+    else:
+        raise UsageError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
+    run_job(
+        Job(
+            args=list(images or []),
+            questions=[question],
+            recursive=recursive,
+            files_from=files_from,
+            null=null,
+            fmt=fmt,
+            sidecar=sidecar,
+            ext=ext,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            quiet=quiet,
+        ),
         model_dir=model_dir,
         cpu=cpu,
         threads=threads,
-        max_tokens=max_tokens or DESCRIBE_MAX_TOKENS[length],
+        max_tokens=max_tokens or default_tokens,
         temperature=temperature,
         seed=seed,
         verbose=verbose,
@@ -78,13 +174,14 @@ def describe(
 
 def ask(
     args: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            help="IMAGE... QUESTION: the last argument is the question, unless -q is given.",
+            help="IMAGE... QUESTION: the last argument is the question, unless -q is given. "
+            "Images may be folders; '-' reads one image's bytes from stdin.",
             show_default=False,
             metavar="IMAGE... [QUESTION]",
         ),
-    ],
+    ] = None,
     *,
     question: Annotated[
         list[str] | None,
@@ -94,6 +191,32 @@ def ask(
             help="A question; repeat for several. Then every argument is an image.",
         ),
     ] = None,
+    choices: Annotated[
+        str | None,
+        typer.Option(
+            "--choices",
+            help="Comma-separated answers; the answer is exactly one of them (grammar-enforced).",
+            metavar="A,B,...",
+            show_default=False,
+        ),
+    ] = None,
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-schema",
+            help="JSON Schema file; the answer is JSON valid against it (grammar-enforced).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
+    recursive: RecursiveOpt = False,
+    files_from: FilesFromOpt = None,
+    null: NullOpt = False,
+    fmt: FormatOpt = None,
+    sidecar: SidecarOpt = False,
+    ext: ExtOpt = ".txt",
+    overwrite: OverwriteOpt = False,
+    fail_fast: FailFastOpt = False,
     model_dir: ModelDirOpt = None,
     cpu: CpuOpt = False,
     threads: ThreadsOpt = None,
@@ -104,17 +227,42 @@ def ask(
     quiet: QuietOpt = False,
 ) -> None:
     """Answer a question about each image."""
+    args = list(args or [])
     if question:
         images, questions = args, list(question)
-    elif len(args) < 2:
+    elif not args or (len(args) < 2 and files_from is None):
         raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
     else:
         images, questions = args[:-1], [args[-1]]
+        if _names_an_image(args[-1]):
+            raise UsageError(
+                f"the last argument is the question, but {args[-1]!r} is an image file — "
+                'add the question: mdream ask IMAGE... "QUESTION" (or use -q)'
+            )
     if any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
-    _run(
-        [Path(p) for p in images],
-        questions,
+    if choices is not None and json_schema is not None:
+        raise UsageError("use --choices or --json-schema, not both")
+    constraint = None
+    if choices is not None:
+        constraint = grammars.choices_constraint(grammars.parse_choices(choices))
+    elif json_schema is not None:
+        constraint = grammars.schema_constraint(json_schema)
+    run_job(
+        Job(
+            args=images,
+            questions=questions,
+            recursive=recursive,
+            files_from=files_from,
+            null=null,
+            fmt=fmt,
+            sidecar=sidecar,
+            ext=ext,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            quiet=quiet,
+            constraint=constraint,
+        ),
         model_dir=model_dir,
         cpu=cpu,
         threads=threads,
@@ -125,72 +273,10 @@ def ask(
     )
 
 
-def _run(
-    images: list[Path],
-    questions: list[str],
-    *,
-    model_dir: Path | None,
-    cpu: bool,
-    threads: int | None,
-    max_tokens: int,
-    temperature: float,
-    seed: int | None,
-    verbose: bool,
-) -> None:
-    from .. import guard
+def _names_an_image(text: str) -> bool:
+    from ..images import EXTENSIONS
 
-    guard.forbid_network()
-    out = claim_stdout()
-    # Heavy imports only now: `mdream --help` must not load llama_cpp.
-    from ..api import Moondream
-    from ..engine import EngineOptions, Sampling
-    from ..images import load_image
-
-    options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose)
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    single = len(images) == 1 and len(questions) == 1
-    stream = single and out.isatty()
-    failed = 0
-    with Moondream(model_dir, options=options) as md:
-        for image in images:
-            try:
-                pixels = load_image(image)
-                for q in questions:
-                    if stream:
-                        md.ask(pixels, q, sampling=sampling, on_text=lambda t: _write(out, t))
-                        _write(out, "\n")
-                        continue
-                    answer = md.ask(pixels, q, sampling=sampling)
-                    _emit(out, image, q, answer, single=single, many_questions=len(questions) > 1)
-            except InputError as exc:
-                if exc.path is None:
-                    exc.path = str(image)
-                if single:
-                    raise
-                failed += 1
-                sys.stderr.write(f"mdream: error: {exc}\n")
-    out.flush()
-    if failed:
-        raise typer.Exit(EXIT_INPUT)
+    return os.path.splitext(text)[1].lower() in EXTENSIONS and os.path.isfile(text)
 
 
-def _write(out: TextIO, text: str) -> None:
-    out.write(text)
-    out.flush()
-
-
-def _emit(
-    out: TextIO, image: Path, question: str, answer: str, *, single: bool, many_questions: bool
-) -> None:
-    if single:
-        out.write(answer + "\n")
-        return
-    fields = [str(image)] + ([question] if many_questions else []) + [answer]
-    out.write("\t".join(_escape(f) for f in fields) + "\n")
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-
-
-__all__ = ["MdreamError", "register"]
+__all__ = ["register"]

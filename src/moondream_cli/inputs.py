@@ -1,0 +1,182 @@
+"""Expand what the user named (files, folders, lists of paths, stdin) into image inputs.
+
+Everything here is a generator: a folder of 100,000 images or a ``find -print0`` list is
+walked lazily, so memory stays flat apart from the set of paths already seen (duplicates
+are dropped by their resolved path). Folders are walked in sorted order so that output is
+reproducible; hidden files and folders are skipped, then files whose extension is not an
+image's, then files whose first bytes are not an image's (a ``.jpg`` that is really text).
+A file the user named explicitly is never skipped: if it is not an image, its record says so.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import UsageError
+from .images import EXTENSIONS
+
+STDIN = "-"
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image to process. ``label`` is the path as the user gave it (``-`` for stdin)."""
+
+    label: str
+    from_stdin: bool = False
+
+    @property
+    def path(self) -> str | None:
+        return None if self.from_stdin else self.label
+
+
+def expand(
+    args: Iterable[str],
+    *,
+    recursive: bool = False,
+    files_from: BinaryIO | None = None,
+    null: bool = False,
+) -> Iterator[Source]:
+    """Yield each distinct image input once, in the order given.
+
+    ``args`` are paths (files or folders) or ``-`` for one image's bytes on stdin;
+    ``files_from`` is an open binary stream of paths separated by newlines, or NULs if
+    ``null``. Folders yield their images (recursively if ``recursive``).
+    """
+    seen: set[str] = set()
+    visited_dirs: set[tuple[int, int]] = set()
+    for arg in _chain(args, files_from, null):
+        if arg == STDIN:
+            if STDIN not in seen:
+                seen.add(STDIN)
+                yield Source(STDIN, from_stdin=True)
+            continue
+        if _is_dir(arg):
+            for path in _walk(arg, recursive, visited_dirs):
+                if _first_time(path, seen):
+                    yield Source(path)
+        elif _first_time(arg, seen):
+            # Missing or unreadable files still become inputs: their record carries the error.
+            yield Source(arg)
+
+
+def read_list(stream: BinaryIO, *, null: bool = False) -> Iterator[str]:
+    """Paths from a stream, one per line (or NUL-separated), read in chunks, never all at once."""
+    sep = b"\0" if null else b"\n"
+    pending = b""
+    while True:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.split(sep)
+        for raw in complete:
+            name = _clean_entry(raw, null)
+            if name:
+                yield name
+    name = _clean_entry(pending, null)
+    if name:
+        yield name
+
+
+def _clean_entry(raw: bytes, null: bool) -> str:
+    if not null and raw.endswith(b"\r"):
+        raw = raw[:-1]
+    # fsdecode keeps undecodable bytes (surrogateescape), so any file name round-trips.
+    return os.fsdecode(raw)
+
+
+def _chain(args: Iterable[str], files_from: BinaryIO | None, null: bool) -> Iterator[str]:
+    yield from args
+    if files_from is not None:
+        for name in read_list(files_from, null=null):
+            if name == STDIN:
+                raise UsageError("a --files-from list cannot name '-' (stdin)")
+            yield name
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _first_time(path: str, seen: set[str]) -> bool:
+    try:
+        key = os.path.realpath(path)
+    except (OSError, ValueError):
+        key = path
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _walk(top: str, recursive: bool, visited: set[tuple[int, int]]) -> Iterator[str]:
+    """Images under ``top``, sorted by name, hidden entries skipped, symlink loops cut."""
+    try:
+        st = os.stat(top)
+    except OSError:
+        return
+    ident = (st.st_dev, st.st_ino)
+    if ident in visited:
+        return  # a symlink back to a folder already walked
+    visited.add(ident)
+    try:
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    subdirs: list[str] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = os.path.join(top, entry.name) if top != "." else entry.name
+        try:
+            is_dir = entry.is_dir()  # follows symlinks; loops are cut by ``visited``
+        except OSError:
+            continue
+        if is_dir:
+            if recursive:
+                subdirs.append(path)
+            continue
+        if os.path.splitext(entry.name)[1].lower() in EXTENSIONS and looks_like_image(path):
+            yield path
+    for sub in subdirs:
+        yield from _walk(sub, recursive, visited)
+
+
+# First bytes of every format images.FORMATS decodes.
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
+
+
+def looks_like_image(path: str) -> bool:
+    """True unless the file's first bytes rule out every supported format.
+
+    An empty or unreadable file counts as an image here, so that its record reports the
+    problem instead of the file vanishing silently.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return True
+    if not head:
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head.startswith(_MAGIC)

@@ -1,0 +1,226 @@
+"""The batch loop: inputs → decoded pixels (background thread) → model → records, in order.
+
+A single background thread expands the inputs and decodes the next few images (a bounded
+queue) while the model works on the current one; since one thread feeds the queue in input
+order, results come out in input order. Each image is encoded and prefilled once, then every
+question is asked against that cached prefix. A bad input becomes error records and the
+batch goes on; anything else (a broken model, Ctrl-C) stops it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .engine import Sampling
+from .errors import InputError
+from .grammars import Constraint
+from .images import Pixels, load_image
+from .inputs import Source
+from .records import Record
+
+LOOKAHEAD = 3  # images decoded ahead of the model; bounds memory to a few decoded images
+
+
+class Model(Protocol):
+    """What the loop needs from :class:`moondream_cli.engine.Engine`."""
+
+    def set_image(
+        self, pixels: Pixels, *, key: object = None, label: str | None = None
+    ) -> None: ...
+
+    def ask(
+        self,
+        question: str,
+        sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> str: ...
+
+
+@dataclass
+class ImageResult:
+    """Everything done for one input: one record per question, or none if it was skipped."""
+
+    source: Source
+    records: list[Record] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(not r.ok for r in self.records)
+
+
+@dataclass
+class _Decoded:
+    index: int
+    source: Source
+    pixels: Pixels | None
+    error: InputError | None
+    decode_ms: float
+    skipped: bool = False
+
+
+@dataclass
+class _Crashed:
+    exc: BaseException
+
+
+_DONE = object()
+
+
+def run(
+    sources: Iterable[Source],
+    questions: Sequence[str],
+    model: Model,
+    sampling: Sampling,
+    *,
+    constraint: Constraint | None = None,
+    skip: Callable[[Source], bool] | None = None,
+    read_stdin: Callable[[], bytes] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    lookahead: int = LOOKAHEAD,
+) -> Iterator[ImageResult]:
+    """Yield one :class:`ImageResult` per input, in input order.
+
+    ``skip(source)`` is asked before decoding (e.g. "its sidecar exists"); ``read_stdin``
+    supplies the bytes of the ``-`` input; ``on_text`` streams the answer's text (one image,
+    one question).
+    """
+    if sampling.grammar is None and constraint is not None:
+        sampling = Sampling(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            seed=sampling.seed,
+            grammar=constraint.gbnf,
+        )
+    pending: queue.Queue[object] = queue.Queue(maxsize=max(1, lookahead))
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=_produce,
+        args=(sources, skip, read_stdin, pending, stop),
+        name="mdream-decode",
+        daemon=True,
+    )
+    worker.start()
+    # Keys are unique to this run, so an engine reused across runs never mistakes a new
+    # image for the one it encoded last.
+    run_key = object()
+    try:
+        while True:
+            item = pending.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Crashed):
+                raise item.exc
+            assert isinstance(item, _Decoded)
+            yield _answer(
+                item, (run_key, item.index), questions, model, sampling, constraint, on_text
+            )
+    finally:
+        stop.set()
+        _drain(pending)
+        worker.join(timeout=1.0)
+
+
+def _answer(
+    item: _Decoded,
+    key: object,
+    questions: Sequence[str],
+    model: Model,
+    sampling: Sampling,
+    constraint: Constraint | None,
+    on_text: Callable[[str], None] | None,
+) -> ImageResult:
+    label = item.source.label
+    result = ImageResult(item.source, skipped=item.skipped)
+    if item.skipped:
+        return result
+    if item.error is not None:
+        ms = round(item.decode_ms)
+        result.records = [
+            Record(label, q, error=item.error.message, elapsed_ms=ms) for q in questions
+        ]
+        return result
+    assert item.pixels is not None
+    start = time.perf_counter() - item.decode_ms / 1000.0  # the first record pays for decoding
+    try:
+        model.set_image(item.pixels, key=key, label=label)
+    except InputError as exc:
+        ms = round((time.perf_counter() - start) * 1000)
+        result.records = [Record(label, q, error=exc.message, elapsed_ms=ms) for q in questions]
+        return result
+    for question in questions:
+        try:
+            answer = model.ask(question, sampling, on_text)
+            if constraint is not None:
+                answer = constraint.check(answer, sampling.max_tokens)
+            record = Record(label, question, answer=answer)
+        except InputError as exc:
+            record = Record(label, question, error=exc.message)
+        now = time.perf_counter()
+        record = _with_elapsed(record, round((now - start) * 1000))
+        start = now
+        result.records.append(record)
+    return result
+
+
+def _with_elapsed(record: Record, ms: int) -> Record:
+    return Record(record.path, record.question, record.answer, record.error, ms)
+
+
+def _produce(
+    sources: Iterable[Source],
+    skip: Callable[[Source], bool] | None,
+    read_stdin: Callable[[], bytes] | None,
+    pending: queue.Queue[object],
+    stop: threading.Event,
+) -> None:
+    try:
+        for index, source in enumerate(sources):
+            if stop.is_set():
+                return
+            if skip is not None and skip(source):
+                item = _Decoded(index, source, None, None, 0.0, skipped=True)
+            else:
+                item = _decode(index, source, read_stdin)
+            if not _put(pending, item, stop):
+                return
+        _put(pending, _DONE, stop)
+    except BaseException as exc:
+        _put(pending, _Crashed(exc), stop)
+
+
+def _decode(index: int, source: Source, read_stdin: Callable[[], bytes] | None) -> _Decoded:
+    start = time.perf_counter()
+    try:
+        if source.from_stdin:
+            if read_stdin is None:
+                raise InputError("reading an image from stdin is not possible here", path="-")
+            pixels = load_image(read_stdin(), label=source.label)
+        else:
+            pixels = load_image(source.label, label=source.label)
+        return _Decoded(index, source, pixels, None, (time.perf_counter() - start) * 1000)
+    except InputError as exc:
+        return _Decoded(index, source, None, exc, (time.perf_counter() - start) * 1000)
+
+
+def _put(pending: queue.Queue[object], item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            pending.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(pending: queue.Queue[object]) -> None:
+    try:
+        while True:
+            pending.get_nowait()
+    except queue.Empty:
+        pass
