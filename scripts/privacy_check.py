@@ -34,15 +34,6 @@ from moondream_cli.syscheck import summary  # noqa: E402
 SAMPLE = ROOT / "assets" / "menu.png"
 
 
-def _cli_has(option: str) -> bool:
-    import typer.main
-
-    from moondream_cli.cli.app import app
-
-    describe = typer.main.get_command(app).commands.get("describe")  # type: ignore[attr-defined]
-    return describe is not None and any(option in p.opts for p in describe.params)
-
-
 def _pictures(image: Path | None) -> list[object]:
     from PIL import Image, ImageDraw
 
@@ -105,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mdream-privacy-check-") as tmp:
         for check in privacy.CHECKS:
             if args.only and check.name not in args.only:
-                continue
-            if check.needs and not _cli_has(check.needs):
-                rows.append((check.name, "n/a", "n/a", f"this mdream has no {check.needs}"))
                 continue
             traced_dir = privacy.write_inputs(Path(tmp) / check.name / "traced", pictures)  # type: ignore[arg-type]
             offline_dir = privacy.write_inputs(Path(tmp) / check.name / "offline", pictures)  # type: ignore[arg-type]

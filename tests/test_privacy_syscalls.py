@@ -17,6 +17,7 @@ tests FAIL; set MDREAM_SKIP_SYSCALL_TESTS=1 to skip them on purpose.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import socket
@@ -39,31 +40,8 @@ def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
 
 
-def _cli_has(option: str) -> bool:
-    """Whether `mdream describe` already takes ``option`` (the folder pipeline adds --sidecar)."""
-    import typer.main
-
-    from moondream_cli.cli.app import app
-
-    group = typer.main.get_command(app)
-    describe = group.commands.get("describe")  # type: ignore[attr-defined]
-    return describe is not None and any(option in p.opts for p in describe.params)
-
-
-def _param(check: privacy.Check) -> object:
-    marks = []
-    if check.needs and not _cli_has(check.needs):
-        marks.append(
-            pytest.mark.skip(
-                reason=f"this CLI has no `describe {check.needs}` yet "
-                "(the folder pipeline, issue 4)"
-            )
-        )
-    return pytest.param(check, id=check.name, marks=marks)
-
-
 # The same command lines `make privacy-check` runs (privacy.CHECKS).
-COMMANDS = [_param(check) for check in privacy.CHECKS]
+COMMANDS = [pytest.param(check, id=check.name) for check in privacy.CHECKS]
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +90,16 @@ def test_no_socket_no_write_and_same_output_without_network(
 
     run = privacy.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
     assert run.returncode == 0, run.stderr.decode()
-    assert run.stdout.strip(), "the traced run printed no answer"
     assert not run.findings, summary(run.findings)
-    if not check.outputs:
+    if check.outputs:  # the answers went to the sidecars the user asked for, and only there
+        created = set(privacy.tree(traced_dir)) - set(before)
+        assert created and all(
+            any(fnmatch.fnmatch(str(traced_dir / name), pattern) for pattern in allow)
+            for name in created
+        ), created
+        assert all(privacy.tree(traced_dir)[name].strip() for name in created)
+    else:
+        assert run.stdout.strip(), "the traced run printed no answer"
         assert privacy.tree(traced_dir) == before  # nothing created, changed or removed
 
     cut_off = privacy.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)

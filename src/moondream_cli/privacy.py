@@ -36,7 +36,6 @@ class Check:
     name: str
     args: tuple[str, ...]
     outputs: tuple[str, ...] = ()  # globs, relative to the folder: files the user asked for
-    needs: str | None = None  # a `describe` option the CLI must have for this check to apply
 
 
 # Relative paths, so stdout can be compared between two copies of the inputs.
@@ -44,13 +43,11 @@ CHECKS = (
     Check("describe", ("describe", "a.jpg", "b.png")),
     Check("ask", ("ask", "a.jpg", "What is in the picture?")),
     Check("ask-two-questions", ("ask", "b.png", "-q", "Which colours?", "-q", "How many?")),
-    # The folder pipeline (directories, --format jsonl, --sidecar) switches these on.
-    Check("folder-jsonl", ("describe", "pics", "-r", "--format", "jsonl"), needs="--sidecar"),
+    Check("folder-jsonl", ("describe", "pics", "-r", "--format", "jsonl")),
     Check(
         "folder-sidecar",
         ("describe", "pics", "-r", "--sidecar"),
         outputs=("pics/*.txt", "pics/*.txt.*", "pics/.*.txt*"),
-        needs="--sidecar",
     ),
 )
 

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
+        # Inside a command Typer already turns Ctrl-C into exit 130 (and the batch runner says
+        # so); this catches it outside one, e.g. while the command line is parsed.
         sys.stderr.write("mdream: interrupted\n")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
