@@ -284,6 +284,39 @@ def test_json_schema_answers_validate(tiny_model: Path, tmp_path: Path) -> None:
     assert all("corrupt" in str(r["error"]) for r in rows if r["error"] is not None)
 
 
+def test_json_schema_needs_no_question(tiny_model: Path, tmp_path: Path, photo: Path) -> None:
+    """`mdream ask receipt.jpg --json-schema S`: the schema's fields become the question."""
+    schema = tmp_path / "pet.schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    proc = run_mdream(
+        "ask",
+        photo,
+        "--json-schema",
+        schema,
+        "-m",
+        tiny_model,
+        "-t",
+        "1",
+        "-n",
+        "64",
+        "-f",
+        "jsonl",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = jsonl(proc.stdout)
+    assert row["path"] == str(photo)
+    assert row["question"] == "Extract these fields from the image as JSON: count, kind, outdoor."
+    jsonschema.validate(json.loads(str(row["answer"])), SCHEMA)
+
+
+def test_choices_need_no_question_either(tiny_model: Path, photo: Path) -> None:
+    proc = run_mdream(
+        "ask", photo, photo.parent, "--choices", "cat,dog", "-m", tiny_model, "-n", "4"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().split("\t")[1].strip() in ("cat", "dog")
+
+
 def test_json_schema_answer_cut_short_is_an_error_record_not_a_crash(
     tiny_model: Path, tmp_path: Path, photo: Path
 ) -> None:

@@ -24,6 +24,8 @@ class Constraint:
     gbnf: str
     describe: str
     _accepts: Callable[[str], bool]
+    # Asked when the command line gives no question (`mdream ask receipt.jpg --json-schema S`).
+    default_question: str = ""
 
     def check(self, answer: str, max_tokens: int) -> str:
         if not self._accepts(answer):
@@ -48,7 +50,8 @@ def choices_constraint(choices: list[str]) -> Constraint:
     # Moondream's answers start after "Answer:"; its natural first token carries a space.
     gbnf = f'root ::= " "? ({alternatives})\n'
     allowed = frozenset(choices)
-    return Constraint(gbnf, "one of the choices", allowed.__contains__)
+    question = f"Which one fits this image best: {', '.join(choices)}?"
+    return Constraint(gbnf, "one of the choices", allowed.__contains__, question)
 
 
 def schema_constraint(path: str | os.PathLike[str]) -> Constraint:
@@ -69,7 +72,18 @@ def schema_constraint(path: str | os.PathLike[str]) -> Constraint:
         gbnf = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:
         raise UsageError(f"unsupported or invalid JSON schema: {exc}", path=str(path)) from exc
-    return Constraint(gbnf, "the JSON schema's answer", _is_json)
+    return Constraint(gbnf, "the JSON schema's answer", _is_json, _schema_question(schema))
+
+
+def _schema_question(schema: dict[str, object]) -> str:
+    """A question naming what the schema asks for: its title, description or field names."""
+    what = schema.get("description") or schema.get("title")
+    if isinstance(what, str) and what.strip():
+        return f"Extract this from the image as JSON: {what.strip()}"
+    props = schema.get("properties")
+    if isinstance(props, dict) and props:
+        return f"Extract these fields from the image as JSON: {', '.join(map(str, props))}."
+    return "Answer as JSON."
 
 
 def _is_json(answer: str) -> bool:

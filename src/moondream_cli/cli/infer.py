@@ -228,8 +228,18 @@ def ask(
 ) -> None:
     """Answer a question about each image."""
     args = list(args or [])
+    if choices is not None and json_schema is not None:
+        raise UsageError("use --choices or --json-schema, not both")
+    constraint = None
+    if choices is not None:
+        constraint = grammars.choices_constraint(grammars.parse_choices(choices))
+    elif json_schema is not None:
+        constraint = grammars.schema_constraint(json_schema)
     if question:
         images, questions = args, list(question)
+    elif constraint is not None and args and (len(args) == 1 or _names_an_input(args[-1])):
+        # A structured answer needs no question: ask what the schema or the choices say.
+        images, questions = args, [constraint.default_question]
     elif not args or (len(args) < 2 and files_from is None):
         raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
     else:
@@ -241,13 +251,6 @@ def ask(
             )
     if any(not q.strip() for q in questions):
         raise UsageError("the question is empty")
-    if choices is not None and json_schema is not None:
-        raise UsageError("use --choices or --json-schema, not both")
-    constraint = None
-    if choices is not None:
-        constraint = grammars.choices_constraint(grammars.parse_choices(choices))
-    elif json_schema is not None:
-        constraint = grammars.schema_constraint(json_schema)
     run_job(
         Job(
             args=images,
@@ -277,6 +280,10 @@ def _names_an_image(text: str) -> bool:
     from ..images import EXTENSIONS
 
     return os.path.splitext(text)[1].lower() in EXTENSIONS and os.path.isfile(text)
+
+
+def _names_an_input(text: str) -> bool:
+    return text == "-" or _names_an_image(text) or os.path.isdir(text)
 
 
 __all__ = ["register"]
