@@ -42,3 +42,26 @@ fix: install
 
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
+
+# -- benchmark (bench/bench.py): `make bench BENCH_ARGS=--quick`; `make bench-ref` builds the
+# llama-mtmd-cli reference from the vendored llama.cpp of the same llama-cpp-python sdist.
+BENCH_ARGS ?=
+BENCH_REF := .cache/bench-ref
+LLAMA_REF_VERSION := 0.3.36
+
+bench: install
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-ref: install
+	mkdir -p $(BENCH_REF)
+	ls $(BENCH_REF)/llama_cpp_python-$(LLAMA_REF_VERSION).tar.gz >/dev/null 2>&1 || \
+	  $(PY) -m pip download --quiet --no-binary :all: --no-deps --dest $(BENCH_REF) \
+	  "llama-cpp-python==$(LLAMA_REF_VERSION)"
+	rm -rf $(BENCH_REF)/src && mkdir -p $(BENCH_REF)/src
+	tar -xzf $(BENCH_REF)/llama_cpp_python-$(LLAMA_REF_VERSION).tar.gz -C $(BENCH_REF)/src \
+	  --strip-components=1
+	cmake -S $(BENCH_REF)/src/vendor/llama.cpp -B $(BENCH_REF)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(if $(CUDA),$(CMAKE_ARGS_CUDA))
+	cmake --build $(BENCH_REF)/build --target llama-mtmd-cli -j $$(nproc)
+	mkdir -p $(BENCH_REF)/bin && cp $(BENCH_REF)/build/bin/llama-mtmd-cli $(BENCH_REF)/bin/
