@@ -199,6 +199,7 @@ def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     gpu = bool(cfg["gpu"])
+    _same_weight_placement(llama_cpp, gpu)
     handler = MoondreamChatHandler(clip_model_path=cfg["mmproj"], verbose=False)
     llm = llama_cpp.Llama(
         model_path=cfg["text"],
@@ -237,6 +238,24 @@ def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
     res["load_s"] = load_s
     llm.close()
     return res
+
+
+def _same_weight_placement(llama_cpp: Any, gpu: bool) -> None:
+    """Load weights as mdream does: on AMX CPUs, without the extra buffer types whose AMX
+    kernels segfault (llama.cpp #20824). `Llama` has no parameter for it."""
+    from moondream_cli.engine import cpu_has_amx
+
+    if gpu or not cpu_has_amx():
+        return
+    default = llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = params
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params
 
 
 def _loop(cfg: dict[str, Any], call: Callable[[str, str], tuple[float, int]]) -> dict[str, Any]:
@@ -493,6 +512,8 @@ def run_cold_naive(cfg: dict[str, Any]) -> Run:
 
 def run_mtmd_cli(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """llama-mtmd-cli, one process per image (how it is used), same files and settings."""
+    from moondream_cli.engine import cpu_has_amx
+
     if not MTMD_CLI.is_file():
         return None
     per: list[float] = []
@@ -523,6 +544,8 @@ def run_mtmd_cli(cfg: dict[str, Any]) -> dict[str, Any] | None:
         ]
         if not cfg["gpu"]:
             argv.append("--no-mmproj-offload")
+            if cpu_has_amx():
+                argv.append("--no-repack")  # what mdream does there: see _same_weight_placement
         rc, wall, peak, err = run_child(argv)
         if rc != 0:
             sys.stderr.write(err[-4000:])
@@ -915,6 +938,7 @@ def _naive_cold(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from moondream_cli import _native_log
 
+    _same_weight_placement(llama_cpp, bool(cfg["gpu"]))
     handler = MoondreamChatHandler(clip_model_path=cfg["mmproj"], verbose=False)
     llm = llama_cpp.Llama(
         model_path=cfg["text"],

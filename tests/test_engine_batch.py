@@ -7,6 +7,7 @@ is deterministic, so any mix-up of sequences, positions or logits shows as a dif
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import draw_photo
+import moondream_gguf
+from conftest import draw_photo, run_mdream
 from moondream_cli import locate
 from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling
 from moondream_cli.images import Pixels, load_image
@@ -157,3 +159,28 @@ def test_a_bad_image_is_a_record_not_a_crash(
     assert all(a.text is None and a.error is not None and a.error.path == "bad.jpg" for a in bad)
     good = [a for a in answers if a.tag is None]
     assert good[0].text == _single(engine_factory[1], images[:1], {})[0, 0]
+
+
+def test_a_quantized_text_model_answers_on_this_cpu(
+    tiny_model: Path, photo: Path, tmp_path: Path
+) -> None:
+    # On AMX CPUs ggml's AMX kernels segfault on quantized weights (llama.cpp #20824); the
+    # engine loads without them there. A child process, so a crash is an exit code here.
+    import llama_cpp
+
+    from moondream_cli import _native_log
+
+    folder = tmp_path / "q4"
+    folder.mkdir()
+    _native_log.install(False)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    text = tiny_model / moondream_gguf.TEXT_NAME
+    rc = llama_cpp.llama_model_quantize(
+        os.fsencode(text), os.fsencode(folder / "text-q4_k_m.gguf"), params
+    )
+    assert rc == 0
+    os.symlink(tiny_model / moondream_gguf.MMPROJ_NAME, folder / moondream_gguf.MMPROJ_NAME)
+    done = run_mdream("describe", photo, "--model-dir", folder, "-n", "8", "--cpu")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()

@@ -48,6 +48,19 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or (logical or 1), logical or 1))
 
 
+@lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True on CPUs with Intel AMX (Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     threads: int | None = None  # None: physical cores
@@ -149,6 +162,11 @@ class Engine:
         ll, mtmd = self._ll, self._mtmd
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 999 if self.on_gpu else 0
+        if not self.on_gpu and cpu_has_amx():
+            # ggml's AMX matmul kernels (an "extra buffer type") segfault on quantized models
+            # on AMX CPUs (seen here with Q4_K_M; llama.cpp issue #20824). Without extra
+            # buffer types the ordinary CPU kernels run them.
+            mparams.use_extra_bufts = False
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.text), mparams)
         if not self._model:
             raise ModelError(
