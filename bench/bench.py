@@ -556,6 +556,8 @@ def run_mtmd_cli(cfg: dict[str, Any]) -> dict[str, Any] | None:
             "--temp",
             "0",
             "--ignore-eos",
+            "--chat-template",
+            "vicuna",  # what ggml-org's Moondream2 GGUF carries; the generated one has none
             "-c",
             "2048",
             "-ngl",
