@@ -755,9 +755,9 @@ def host_info(threads: int, gpu: bool) -> dict[str, Any]:
 
 # -- knob study ----------------------------------------------------------------------------
 KNOBS: list[tuple[str, dict[str, Any], str]] = [
-    ("default (flash attn auto, n_ubatch 512)", {}, "dir"),
-    ("flash attn off", {"flash_attn": False}, "dir"),
-    ("flash attn on", {"flash_attn": True}, "dir"),
+    ("default: text FA off (CPU), vision FA auto, n_ubatch 512", {}, "dir"),
+    ("text FA on", {"flash_attn": True}, "dir"),
+    ("vision FA off", {"vision_flash_attn": False}, "dir"),
     ("n_ubatch 256", {"n_ubatch": 256}, "dir"),
     ("n_ubatch 1024", {"n_ubatch": 1024}, "dir"),
     ("1 thread", {"threads": 1}, "dir"),

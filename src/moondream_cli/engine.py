@@ -73,8 +73,11 @@ class EngineOptions:
     # half the free memory holds KV caches for, at most MAX_AUTO_BATCH.
     batch: int | None = None
     n_ubatch: int = 512
-    # llama.cpp's flash attention, text model and vision encoder. None: llama.cpp decides.
+    # llama.cpp's flash attention in the text model and in the vision encoder. None: off
+    # for the text model on the CPU, where it halves the decode speed (bench/, README's
+    # "Performance"); elsewhere llama.cpp decides (on wherever it is supported).
     flash_attn: bool | None = None
+    vision_flash_attn: bool | None = None
 
 
 MAX_AUTO_BATCH = 32
@@ -182,7 +185,10 @@ class Engine:
         cparams.n_ubatch = min(self.options.n_ubatch, self.options.n_batch)
         cparams.n_seq_max = self.batch
         cparams.kv_unified = False
-        cparams.flash_attn_type = self._flash_attn_type()
+        text_fa = self.options.flash_attn
+        if text_fa is None and not self.on_gpu:
+            text_fa = False
+        cparams.flash_attn_type = self._flash_attn_type(text_fa)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
@@ -197,7 +203,7 @@ class Engine:
         pparams.n_threads = self.threads
         pparams.print_timings = False
         pparams.warmup = self.on_gpu
-        pparams.flash_attn_type = self._flash_attn_type()
+        pparams.flash_attn_type = self._flash_attn_type(self.options.vision_flash_attn)
         self._mctx = mtmd.mtmd_init_from_file(os.fsencode(self.files.mmproj), self._model, pparams)
         if not self._mctx:
             raise ModelError(
@@ -210,8 +216,8 @@ class Engine:
         bos = int(ll.llama_vocab_bos(self._vocab))
         self._bos_text = self._piece(bos, special=True) if bos >= 0 else b""
 
-    def _flash_attn_type(self) -> int:
-        ll, fa = self._ll, self.options.flash_attn
+    def _flash_attn_type(self, fa: bool | None) -> int:
+        ll = self._ll
         if fa is None:
             return int(ll.LLAMA_FLASH_ATTN_TYPE_AUTO)
         return int(ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
