@@ -428,7 +428,8 @@ def best(runs: list[Run]) -> Run:
     for key, value in runs[0].result.items():
         if key.endswith("_s") and isinstance(value, float):
             merged[key] = min(float(r.result[key]) for r in runs)
-    merged["answer_tok_s"] = max(float(r.result.get("answer_tok_s", 0.0)) for r in runs)
+    if "answer_tok_s" in merged:
+        merged["answer_tok_s"] = max(float(r.result["answer_tok_s"]) for r in runs)
     return Run(
         merged,
         min(r.wall_s for r in runs),
