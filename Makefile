@@ -39,13 +39,13 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(PY) -m ruff check src tests scripts
-	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m ruff check src tests scripts bench
+	$(PY) -m ruff format --check src tests scripts bench
 	$(PY) -m mypy
 
 fix: install
-	$(PY) -m ruff check --fix src tests scripts
-	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff check --fix src tests scripts bench
+	$(PY) -m ruff format src tests scripts bench
 
 # Prove on this machine, with your installed model, that inference opens no socket and
 # writes no file (strace), and prints the same with no network at all (unshare -n).
@@ -56,8 +56,33 @@ privacy-check: install system-deps
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
 
+<<<<<<< HEAD
 # Build the default Q4_K_M bundle (downloads the f16 GGUFs once) and keep its tarball in bundles/.
 .PHONY: bundle
 bundle: install
 	mkdir -p bundles
 	$(VENV)/bin/mdream fetch --output bundles/
+=======
+# -- benchmark (bench/bench.py): `make bench BENCH_ARGS=--quick`; `make bench-ref` builds the
+# llama-mtmd-cli reference from the vendored llama.cpp of the same llama-cpp-python sdist.
+BENCH_ARGS ?=
+BENCH_REF := .cache/bench-ref
+LLAMA_REF_VERSION := 0.3.36
+
+bench: install
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-ref: install
+	mkdir -p $(BENCH_REF)
+	ls $(BENCH_REF)/llama_cpp_python-$(LLAMA_REF_VERSION).tar.gz >/dev/null 2>&1 || \
+	  $(PY) -m pip download --quiet --no-binary :all: --no-deps --dest $(BENCH_REF) \
+	  "llama-cpp-python==$(LLAMA_REF_VERSION)"
+	rm -rf $(BENCH_REF)/src && mkdir -p $(BENCH_REF)/src
+	tar -xzf $(BENCH_REF)/llama_cpp_python-$(LLAMA_REF_VERSION).tar.gz -C $(BENCH_REF)/src \
+	  --strip-components=1
+	cmake -S $(BENCH_REF)/src/vendor/llama.cpp -B $(BENCH_REF)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(if $(CUDA),$(CMAKE_ARGS_CUDA))
+	cmake --build $(BENCH_REF)/build --target llama-mtmd-cli -j $$(nproc)
+	mkdir -p $(BENCH_REF)/bin && cp $(BENCH_REF)/build/bin/llama-mtmd-cli $(BENCH_REF)/bin/
+>>>>>>> bench

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -49,21 +49,38 @@ def physical_cores() -> int:
 
 
 @lru_cache(maxsize=1)
-def _cpu_has_amx() -> bool:
+def cpu_has_amx() -> bool:
+    """True on CPUs with Intel AMX (Sapphire Rapids and later)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
     except OSError:
-        return False
+        pass
+    return False
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     threads: int | None = None  # None: physical cores
     gpu: bool = True  # offload everything when the build supports it
-    n_ctx: int = 2048
+    n_ctx: int = 2048  # per sequence
     n_batch: int = 1024
     verbose: bool = False
+    # Sequences that `Engine.ask_many` decodes together. None: 1 on the CPU (a batch only
+    # shares the weights' memory traffic, which the CPU does not lack), on a GPU as many as
+    # half the free memory holds KV caches for, at most MAX_AUTO_BATCH.
+    batch: int | None = None
+    n_ubatch: int = 512
+    # llama.cpp's flash attention in the text model and in the vision encoder. None: off
+    # for the text model on the CPU, where it halves the decode speed (bench/, README's
+    # "Performance"); elsewhere llama.cpp decides (on wherever it is supported).
+    flash_attn: bool | None = None
+    vision_flash_attn: bool | None = None
+
+
+MAX_AUTO_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,32 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy, same input gives the same output
     seed: int | None = None
     grammar: str | None = None  # GBNF, root rule "root"
+    # Exactly max_tokens tokens: EOS is masked and a blank line does not stop the answer.
+    # For benchmarks, where both sides must generate the same number of tokens.
+    fixed_length: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image and the questions to ask about it, for :meth:`Engine.ask_many`."""
+
+    pixels: Pixels
+    questions: tuple[str, ...]
+    tag: object = None  # handed back unchanged with each of its answers
+    label: str | None = None  # names the image in errors
+    max_tokens: int | None = None  # this image's answers only; None: the sampling's
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to ``request.questions[index]``; ``error`` set instead of ``text`` on failure."""
+
+    tag: object
+    index: int
+    question: str
+    text: str | None
+    error: InputError | None = None
+    tokens: int = 0  # tokens sampled for this answer
 
 
 _backend_ready = False
@@ -115,26 +158,37 @@ class Engine:
             raise
         self._prefix_len = 0
         self._prefix_key: object = None
+        self.last_tokens = 0  # tokens sampled by the last `ask` (EOS or stop included)
 
     # -- loading -----------------------------------------------------------------------
     def _load(self) -> None:
         ll, mtmd = self._ll, self._mtmd
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 999 if self.on_gpu else 0
-        # llama.cpp's AMX weight repacking segfaults on quantized models (ggml-org/llama.cpp
-        # #20824; seen here with every Q4_K_M bundle): keep plain CPU buffers on AMX CPUs.
-        mparams.use_extra_bufts = not _cpu_has_amx()
+        if not self.on_gpu and cpu_has_amx():
+            # ggml's AMX matmul kernels (an "extra buffer type") segfault on quantized models
+            # on AMX CPUs (seen here with Q4_K_M; llama.cpp issue #20824). Without extra
+            # buffer types the ordinary CPU kernels run them.
+            mparams.use_extra_bufts = False
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.text), mparams)
         if not self._model:
             raise ModelError(
                 "cannot load the text model (run with --verbose for llama.cpp's reason)",
                 path=str(self.files.text),
             )
+        self.batch = max(1, self.options.batch or self._auto_batch())
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = self.options.n_ctx
+        # Each sequence gets its own n_ctx-sized KV stream (kv_unified off), so a batched
+        # sequence computes exactly what the same sequence computes alone.
+        cparams.n_ctx = self.options.n_ctx * self.batch
         cparams.n_batch = self.options.n_batch
-        cparams.n_ubatch = min(512, self.options.n_batch)
-        cparams.n_seq_max = 1
+        cparams.n_ubatch = min(self.options.n_ubatch, self.options.n_batch)
+        cparams.n_seq_max = self.batch
+        cparams.kv_unified = False
+        text_fa = self.options.flash_attn
+        if text_fa is None and not self.on_gpu:
+            text_fa = False
+        cparams.flash_attn_type = self._flash_attn_type(text_fa)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
@@ -142,13 +196,14 @@ class Engine:
         if not self._ctx:
             raise ModelError("cannot create a llama.cpp context", path=str(self.files.text))
         self._vocab = ll.llama_model_get_vocab(self._model)
-        self._n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self._n_ctx = int(ll.llama_n_ctx_seq(self._ctx))
 
         pparams = mtmd.mtmd_context_params_default()
         pparams.use_gpu = self.on_gpu
         pparams.n_threads = self.threads
         pparams.print_timings = False
         pparams.warmup = self.on_gpu
+        pparams.flash_attn_type = self._flash_attn_type(self.options.vision_flash_attn)
         self._mctx = mtmd.mtmd_init_from_file(os.fsencode(self.files.mmproj), self._model, pparams)
         if not self._mctx:
             raise ModelError(
@@ -160,6 +215,25 @@ class Engine:
             raise ModelError("the mmproj has no vision encoder", path=str(self.files.mmproj))
         bos = int(ll.llama_vocab_bos(self._vocab))
         self._bos_text = self._piece(bos, special=True) if bos >= 0 else b""
+
+    def _flash_attn_type(self, fa: bool | None) -> int:
+        ll = self._ll
+        if fa is None:
+            return int(ll.LLAMA_FLASH_ATTN_TYPE_AUTO)
+        return int(ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+
+    def _auto_batch(self) -> int:
+        if not self.on_gpu:
+            return 1
+        free = _gpu_free_bytes()
+        if free is None:
+            return 8
+        ll = self._ll
+        # f16 K and V for every layer and position of one sequence, plus as much again for
+        # the compute buffers that grow with the batch.
+        kv = 2 * 2 * ll.llama_model_n_layer(self._model) * ll.llama_model_n_embd(self._model)
+        per_seq = int(2 * kv * self.options.n_ctx)
+        return max(1, min(MAX_AUTO_BATCH, int(free * 0.5) // max(1, per_seq)))
 
     def close(self) -> None:
         ll, mtmd = getattr(self, "_ll", None), getattr(self, "_mtmd", None)
@@ -186,10 +260,22 @@ class Engine:
         """Evaluate "BOS, image" as the cache prefix. ``key`` identifies the image for reuse."""
         if key is not None and key == self._prefix_key:
             return
-        ll, mtmd = self._ll, self._mtmd
-        mem = ll.llama_get_memory(self._ctx)
-        ll.llama_memory_clear(mem, True)
+        ll = self._ll
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
         self._prefix_key, self._prefix_len = None, 0
+        self._prefix_len = self._eval_image(pixels, 0, label)
+        self._prefix_key = key
+
+    def _eval_image(self, pixels: Pixels, seq: int, label: str | None) -> int:
+        """Encode the image and evaluate "BOS, image" into ``seq`` from position 0."""
+        ll, mtmd = self._ll, self._mtmd
+        if (
+            pixels.width < 1
+            or pixels.height < 1
+            or len(pixels.data) != pixels.width * pixels.height * 3
+        ):
+            # libmtmd reads width × height × 3 bytes, whatever the buffer holds.
+            raise InputError("pixel data does not match the image size", path=label)
         buf = (ctypes.c_uint8 * len(pixels.data)).from_buffer_copy(pixels.data)
         bitmap = mtmd.mtmd_bitmap_init(pixels.width, pixels.height, buf)
         if not bitmap:
@@ -213,7 +299,7 @@ class Engine:
                 self._ctx,
                 chunks,
                 0,
-                0,
+                seq,
                 self.options.n_batch,
                 False,
                 ctypes.byref(new_n_past),
@@ -223,8 +309,7 @@ class Engine:
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             mtmd.mtmd_bitmap_free(bitmap)
-        self._prefix_len = int(new_n_past.value)
-        self._prefix_key = key
+        return int(new_n_past.value)
 
     # -- answering -----------------------------------------------------------------------
     def ask(
@@ -237,60 +322,158 @@ class Engine:
         if not self._prefix_len:
             raise UsageError("no image has been set")
         sampling = sampling or Sampling()
-        ll = self._ll
-        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), 0, self._prefix_len, -1)
-        tokens = self._tokenize(question_prompt(question))
-        room = self._n_ctx - self._prefix_len - len(tokens)
-        if room < 1:
-            fit = self._n_ctx - self._prefix_len - 1
-            raise InputError(f"question too long ({len(tokens)} tokens; {fit} fit)")
-        self._decode(tokens, self._prefix_len)
+        pos, limit = self._prefill_question(0, self._prefix_len, question, sampling)
         sampler = self._sampler(sampling)
         try:
-            return self._generate(
-                sampler,
-                self._prefix_len + len(tokens),
-                min(sampling.max_tokens, room),
-                sampling.grammar is None,
-                on_text,
-            )
+            stream = _TextStream(self, sampling, on_text)
+            for n in range(1, limit + 1):
+                token = int(self._ll.llama_sampler_sample(sampler, self._ctx, -1))
+                self.last_tokens = n
+                if stream.push(token) or n == limit:
+                    break
+                self._decode([token], pos)
+                pos += 1
+            return stream.finish()
         finally:
-            ll.llama_sampler_free(sampler)
+            self._ll.llama_sampler_free(sampler)
 
-    def _generate(
+    def _prefill_question(
         self,
-        sampler: Any,
-        pos: int,
-        limit: int,
-        stop_on_blank: bool,
-        on_text: Callable[[str], None] | None,
-    ) -> str:
+        seq: int,
+        prefix_len: int,
+        question: str,
+        sampling: Sampling,
+        max_tokens: int | None = None,
+    ) -> tuple[int, int]:
+        """Drop what followed the image prefix in ``seq`` and evaluate the question after it.
+        Return the next position and how many tokens the answer may have."""
         ll = self._ll
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, emitted = "", 0
-        for _ in range(limit):
-            token = int(ll.llama_sampler_sample(sampler, self._ctx, -1))
-            if ll.llama_vocab_is_eog(self._vocab, token):
-                break
-            text += decoder.decode(self._piece(token))
-            if stop_on_blank and STOP in text:
-                text = text[: text.index(STOP)]
-                break
-            if on_text is not None:
-                # Hold back trailing whitespace: it may be the start of the stop sequence.
-                ready = len(text.rstrip())
-                if ready > emitted:
-                    on_text(text[emitted:ready] if emitted else text[:ready].lstrip())
-                    emitted = ready
-            self._decode([token], pos)
-            pos += 1
-        text += decoder.decode(b"", final=True)
-        answer = text.strip()
-        if on_text is not None:
-            shown = len(text[:emitted].strip())
-            if len(answer) > shown:
-                on_text(answer[shown:] if shown else answer)
-        return answer
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), seq, prefix_len, -1)
+        tokens = self._tokenize(question_prompt(question))
+        room = self._n_ctx - prefix_len - len(tokens)
+        if room < 1:
+            raise InputError(
+                f"question too long ({len(tokens)} tokens; {self._n_ctx - prefix_len - 1} fit)"
+            )
+        self._decode(tokens, prefix_len, seq)
+        limit = sampling.max_tokens if max_tokens is None else max_tokens
+        return prefix_len + len(tokens), min(limit, room)
+
+    def ask_many(
+        self, requests: Iterable[Request], sampling: Sampling | None = None
+    ) -> Iterator[Answer]:
+        """Answer every request's questions, ``self.batch`` images at a time (continuous batching).
+
+        Each image is encoded and evaluated into its own sequence; the live sequences then
+        decode together, one token each per ``llama_decode``; a sequence that ends frees its
+        slot for the next image at once. Questions on one image reuse its KV prefix. Answers
+        come in the order they finish; ``Answer.tag`` and ``index`` say whose they are.
+        Greedy answers are token-identical to :meth:`set_image` + :meth:`ask`. Requests are
+        read lazily, so the caller can decode the next images while this one runs.
+        """
+        sampling = sampling or Sampling()
+        ll = self._ll
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._prefix_key, self._prefix_len = None, 0
+        source = iter(requests)
+        slots: list[_Slot | None] = [None] * self.batch
+        batch = ll.llama_batch_init(self.batch, 0, 1)
+        try:
+            exhausted = False
+            while True:
+                for seq in range(self.batch):
+                    while slots[seq] is None and not exhausted:
+                        request = next(source, None)
+                        if request is None:
+                            exhausted = True
+                            break
+                        slot = _Slot(seq, request)
+                        yield from self._start_image(slot, sampling)
+                        if slot.sampler is not None:
+                            slots[seq] = slot
+                live = [slot for slot in slots if slot is not None]
+                if not live:
+                    return
+                for i, slot in enumerate(live):
+                    batch.token[i] = slot.token
+                    batch.pos[i] = slot.pos
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = slot.seq
+                    batch.logits[i] = True
+                batch.n_tokens = len(live)
+                rc = ll.llama_decode(self._ctx, batch)
+                if rc != 0:
+                    raise InputError(f"llama.cpp could not decode (code {rc})")
+                # Sample every live sequence before anything else is decoded: the next
+                # llama_decode (a new question's prefill) replaces these logits.
+                ended: list[tuple[_Slot, Answer]] = []
+                for i, slot in enumerate(live):
+                    slot.pos += 1
+                    answer = self._step(slot, i)
+                    if answer is not None:
+                        ended.append((slot, answer))
+                for slot, answer in ended:
+                    yield answer
+                    yield from self._next_question(slot, sampling)
+                    if slot.sampler is None:
+                        slots[slot.seq] = None
+        finally:
+            ll.llama_batch_free(batch)
+            for leftover in slots:
+                if leftover is not None:
+                    leftover.drop_sampler(ll)
+            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+
+    def _start_image(self, slot: _Slot, sampling: Sampling) -> Iterator[Answer]:
+        req = slot.request
+        ll = self._ll
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq, 0, -1)
+        try:
+            slot.prefix_len = self._eval_image(req.pixels, slot.seq, req.label)
+        except InputError as exc:
+            for i, q in enumerate(req.questions):
+                yield Answer(req.tag, i, q, None, exc)
+            return
+        slot.index = -1
+        yield from self._next_question(slot, sampling)
+
+    def _next_question(self, slot: _Slot, sampling: Sampling) -> Iterator[Answer]:
+        """Start the slot's next question (after the image prefix); answers that end at once
+        are yielded. Leaves ``slot.sampler`` set while a question is running."""
+        req, ll = slot.request, self._ll
+        slot.drop_sampler(ll)
+        while slot.index + 1 < len(req.questions):
+            slot.index += 1
+            question = req.questions[slot.index]
+            try:
+                slot.pos, slot.limit = self._prefill_question(
+                    slot.seq, slot.prefix_len, question, sampling, req.max_tokens
+                )
+            except InputError as exc:
+                if exc.path is None:
+                    exc.path = req.label
+                yield Answer(req.tag, slot.index, question, None, exc)
+                continue
+            slot.sampler = self._sampler(sampling)
+            slot.stream = _TextStream(self, sampling, None)
+            slot.n = 0
+            answer = self._step(slot, -1)
+            if answer is None:
+                return
+            yield answer
+            slot.drop_sampler(ll)
+
+    def _step(self, slot: _Slot, logits_index: int) -> Answer | None:
+        """Sample the slot's next token; return its answer when the sequence has ended."""
+        token = int(self._ll.llama_sampler_sample(slot.sampler, self._ctx, logits_index))
+        slot.n += 1
+        assert slot.stream is not None
+        if slot.stream.push(token) or slot.n >= slot.limit:
+            req = slot.request
+            question, text = req.questions[slot.index], slot.stream.finish()
+            return Answer(req.tag, slot.index, question, text, tokens=slot.n)
+        slot.token = token
+        return None
 
     def _sampler(self, sampling: Sampling) -> Any:
         ll = self._ll
@@ -303,6 +486,14 @@ class Engine:
                 ll.llama_sampler_free(chain)
                 raise UsageError("the answer grammar is invalid")
             ll.llama_sampler_chain_add(chain, grammar)
+        if sampling.fixed_length:
+            bias = (ll.llama_logit_bias * 1)()
+            bias[0].token = ll.llama_vocab_eos(self._vocab)
+            bias[0].bias = float("-inf")
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_logit_bias(ll.llama_vocab_n_tokens(self._vocab), 1, bias),
+            )
         if sampling.temperature > 0:
             seed = sampling.seed if sampling.seed is not None else 0xFFFFFFFF  # LLAMA_DEFAULT_SEED
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(40))
@@ -334,7 +525,7 @@ class Engine:
             n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
-    def _decode(self, tokens: list[int], pos: int) -> None:
+    def _decode(self, tokens: list[int], pos: int, seq: int = 0) -> None:
         ll = self._ll
         step = self.options.n_batch
         for start in range(0, len(tokens), step):
@@ -345,7 +536,7 @@ class Engine:
                     batch.token[i] = tok
                     batch.pos[i] = pos + start + i
                     batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
+                    batch.seq_id[i][0] = seq
                     batch.logits[i] = start + i == len(tokens) - 1
                 batch.n_tokens = len(part)
                 rc = ll.llama_decode(self._ctx, batch)
@@ -353,3 +544,83 @@ class Engine:
                 ll.llama_batch_free(batch)
             if rc != 0:
                 raise InputError(f"llama.cpp could not decode (code {rc})")
+
+
+class _TextStream:
+    """Turns sampled tokens into the answer text: UTF-8 across token boundaries, the stop at
+    EOS or a blank line, and streaming that holds back what may start the stop."""
+
+    def __init__(
+        self, engine: Engine, sampling: Sampling, on_text: Callable[[str], None] | None
+    ) -> None:
+        self._engine = engine
+        self._stop_on_blank = sampling.grammar is None and not sampling.fixed_length
+        self._stop_on_eog = not sampling.fixed_length
+        self._on_text = on_text
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""
+        self._emitted = 0
+
+    def push(self, token: int) -> bool:
+        """Take one sampled token; True when the answer has ended (the token is not part of it)."""
+        engine = self._engine
+        if self._stop_on_eog and engine._ll.llama_vocab_is_eog(engine._vocab, token):
+            return True
+        self._text += self._decoder.decode(engine._piece(token))
+        if self._stop_on_blank and STOP in self._text:
+            self._text = self._text[: self._text.index(STOP)]
+            return True
+        if self._on_text is not None:
+            # Hold back trailing whitespace: it may be the start of the stop sequence.
+            ready = len(self._text.rstrip())
+            if ready > self._emitted:
+                text = self._text
+                self._on_text(
+                    text[self._emitted : ready] if self._emitted else text[:ready].lstrip()
+                )
+                self._emitted = ready
+        return False
+
+    def finish(self) -> str:
+        self._text += self._decoder.decode(b"", final=True)
+        answer = self._text.strip()
+        if self._on_text is not None:
+            shown = len(self._text[: self._emitted].strip())
+            if len(answer) > shown:
+                self._on_text(answer[shown:] if shown else answer)
+        return answer
+
+
+class _Slot:
+    """One sequence of :meth:`Engine.ask_many`: its image, question and sampling state."""
+
+    def __init__(self, seq: int, request: Request) -> None:
+        self.seq = seq
+        self.request = request
+        self.prefix_len = 0
+        self.index = -1
+        self.limit = 0
+        self.n = 0
+        self.pos = 0
+        self.token = 0
+        self.sampler: Any = None
+        self.stream: _TextStream | None = None
+
+    def drop_sampler(self, ll: Any) -> None:
+        if self.sampler is not None:
+            ll.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+def _gpu_free_bytes() -> int | None:
+    """Free memory on the current CUDA device, through the CUDA runtime llama.cpp loaded."""
+    for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"):
+        try:
+            cudart = ctypes.CDLL(name)
+        except OSError:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
+            return int(free.value)
+        return None
+    return None

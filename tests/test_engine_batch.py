@@ -1,0 +1,186 @@
+"""Batched (continuous batching) and KV-reused answers equal the plain single-image path.
+
+Real llama.cpp on the tiny random-weight pair: the answers are gibberish, but greedy decoding
+is deterministic, so any mix-up of sequences, positions or logits shows as a different answer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import moondream_gguf
+from conftest import draw_photo, run_mdream
+from moondream_cli import locate
+from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling
+from moondream_cli.images import Pixels, load_image
+
+QUESTIONS = ("Describe this image.", "Why?", "a", "xyz")
+SAMPLING = Sampling(max_tokens=12)
+
+
+def _jpeg(img: Image.Image) -> Pixels:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return load_image(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Pixels]:
+    rng = np.random.default_rng(7)
+    photos = [_jpeg(draw_photo((96 + 10 * i, 64 + 7 * i), seed=i)) for i in range(4)]
+    noise = [
+        _jpeg(Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))) for _ in range(2)
+    ]
+    return photos + noise
+
+
+@pytest.fixture(scope="module")
+def engine_factory(tiny_model: Path) -> Iterator[dict[int, Engine]]:
+    files = locate.resolve(tiny_model)
+    engines = {b: Engine(files, EngineOptions(threads=2, batch=b)) for b in (1, 2, 3)}
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+def _single(
+    engine: Engine, images: list[Pixels], limits: dict[int, int]
+) -> dict[tuple[int, int], str]:
+    """The reference: one fresh image at a time, each question on its reused image prefix."""
+    answers = {}
+    for i, pixels in enumerate(images):
+        engine.set_image(pixels, key=("ref", i))
+        sampling = Sampling(max_tokens=limits.get(i, SAMPLING.max_tokens))
+        for j, question in enumerate(QUESTIONS):
+            answers[i, j] = engine.ask(question, sampling)
+    return answers
+
+
+def _many(engine: Engine, images: list[Pixels], limits: dict[int, int]) -> list[Answer]:
+    requests = [
+        Request(pixels, QUESTIONS, tag=i, max_tokens=limits.get(i))
+        for i, pixels in enumerate(images)
+    ]
+    return list(engine.ask_many(requests, SAMPLING))
+
+
+def test_reference_answers_tell_images_and_questions_apart(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    # Without distinct answers, a swapped sequence would go unnoticed by the tests below.
+    answers = _single(engine_factory[1], images, {})
+    assert len(set(answers.values())) >= 4
+    assert len({answers[i, 1] for i in range(len(images))}) >= 2
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_batched_answers_are_token_identical_to_single(
+    engine_factory: dict[int, Engine], images: list[Pixels], batch: int
+) -> None:
+    # Image 1 stops after 2 tokens and image 4 after 5: their slots are refilled while the
+    # other sequences are still decoding.
+    limits = {1: 2, 4: 5}
+    reference = _single(engine_factory[1], images, limits)
+    answers = _many(engine_factory[batch], images, limits)
+    got = {(a.tag, a.index): a.text for a in answers}
+    assert len(answers) == len(got) == len(images) * len(QUESTIONS)
+    assert all(a.error is None and a.question == QUESTIONS[a.index] for a in answers)
+    assert got == reference
+    if batch > 1:
+        # Answers arrive as they finish: the short ones overtake images admitted before them.
+        order = [a.tag for a in answers]
+        assert order.index(1) < max(i for i, t in enumerate(order) if t == 0)
+
+
+def test_single_path_still_answers_after_a_batch_on_the_same_engine(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    engine = engine_factory[2]
+    before = _single(engine, images[:2], {})
+    list(engine.ask_many([Request(images[3], QUESTIONS[:1])], SAMPLING))
+    assert _single(engine, images[:2], {}) == before
+    assert before == _single(engine_factory[1], images[:2], {})
+
+
+def test_kv_reuse_equals_a_fresh_prefix(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    engine = engine_factory[1]
+    engine.set_image(images[0], key="a")
+    reused = [engine.ask(q, SAMPLING) for q in QUESTIONS]
+    fresh = []
+    for n, q in enumerate(QUESTIONS):
+        engine.set_image(images[0], key=("fresh", n))  # a new key re-encodes the image
+        fresh.append(engine.ask(q, SAMPLING))
+    assert reused == fresh
+
+
+def test_fixed_length_generates_exactly_max_tokens(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    engine = engine_factory[1]
+    engine.set_image(images[0], key="fixed")
+    pieces: list[str] = []
+    fixed = Sampling(max_tokens=20, fixed_length=True)
+    answer = engine.ask(QUESTIONS[0], fixed, on_text=pieces.append)
+    assert answer == "".join(pieces).strip()
+    assert engine.last_tokens == 20
+    batched = _many_one(engine_factory[3], images[0], fixed)
+    assert batched == answer
+
+
+def _many_one(engine: Engine, pixels: Pixels, sampling: Sampling) -> str | None:
+    (answer,) = engine.ask_many([Request(pixels, QUESTIONS[:1])], sampling)
+    return answer.text
+
+
+def test_a_bad_image_is_a_record_not_a_crash(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    broken = Pixels(4, 4, b"\x00" * 3)  # fewer bytes than 4×4 RGB: libmtmd must not read them
+    answers = list(
+        engine_factory[2].ask_many(
+            [
+                Request(broken, QUESTIONS[:2], tag="bad", label="bad.jpg"),
+                Request(images[0], QUESTIONS[:1]),
+            ],
+            SAMPLING,
+        )
+    )
+    bad = [a for a in answers if a.tag == "bad"]
+    assert [a.index for a in bad] == [0, 1]
+    assert all(a.text is None and a.error is not None and a.error.path == "bad.jpg" for a in bad)
+    good = [a for a in answers if a.tag is None]
+    assert good[0].text == _single(engine_factory[1], images[:1], {})[0, 0]
+
+
+def test_a_quantized_text_model_answers_on_this_cpu(
+    tiny_model: Path, photo: Path, tmp_path: Path
+) -> None:
+    # On AMX CPUs ggml's AMX kernels segfault on quantized weights (llama.cpp #20824); the
+    # engine loads without them there. A child process, so a crash is an exit code here.
+    import llama_cpp
+
+    from moondream_cli import _native_log
+
+    folder = tmp_path / "q4"
+    folder.mkdir()
+    _native_log.install(False)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    text = tiny_model / moondream_gguf.TEXT_NAME
+    rc = llama_cpp.llama_model_quantize(
+        os.fsencode(text), os.fsencode(folder / "text-q4_k_m.gguf"), params
+    )
+    assert rc == 0
+    os.symlink(tiny_model / moondream_gguf.MMPROJ_NAME, folder / moondream_gguf.MMPROJ_NAME)
+    done = run_mdream("describe", photo, "--model-dir", folder, "-n", "8", "--cpu")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
