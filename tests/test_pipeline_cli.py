@@ -541,3 +541,16 @@ def test_one_image_on_a_terminal_streams_the_same_answer(tiny_model: Path, photo
     assert child.wait(timeout=60) == 0
     piped = run_mdream("describe", photo, "-m", tiny_model, *FAST)
     assert shown.replace(b"\r\n", b"\n") == piped.stdout
+
+
+def test_batch_option_gives_the_same_records(tiny_model: Path, tmp_path: Path) -> None:
+    album = make_folder(tmp_path)
+    common = ("describe", album, "-r", "-m", tiny_model, "-t", "1", "-n", "8", "-f", "jsonl")
+    alone = run_mdream(*common)
+    batched = run_mdream(*common, "--batch", "3")
+    assert batched.returncode == alone.returncode == 1  # the corrupt file, in both
+    strip = [{k: v for k, v in r.items() if k != "elapsed_ms"} for r in jsonl(alone.stdout)]
+    assert [
+        {k: v for k, v in r.items() if k != "elapsed_ms"} for r in jsonl(batched.stdout)
+    ] == strip
+    assert len(strip) >= 4

@@ -161,3 +161,47 @@ def test_each_image_is_set_once_per_run_under_a_key_no_other_run_uses(
         list(run(expand([str(album / image)]), ["Q1?", "Q2?"], log, sampling))
     assert len(log.keys) == 2  # once per image, not once per question
     assert log.keys[0] != log.keys[1]
+
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny_model: Path) -> Iterator[Engine]:
+    with Engine(locate.from_dir(tiny_model), EngineOptions(threads=1, batch=3)) as loaded:
+        yield loaded
+
+
+def test_batched_folder_run_gives_the_same_records_in_input_order(
+    engine: Engine, batched_engine: Engine, album: Path, tmp_path: Path
+) -> None:
+    """`--batch N`: several images in flight, answers finishing out of order, yet the same
+    records in the same order as one image at a time (greedy answers are token-identical)."""
+    from conftest import draw_photo
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(5):  # varied images, so answers end at different lengths
+        draw_photo((40 + 9 * i, 30 + 7 * i), seed=i).save(more / f"m{i}.png")
+    inputs = [str(album), str(more)]
+    questions = ["What?", "Which colour?"]
+    sampling = Sampling(max_tokens=8)
+    one = answers(run(expand(inputs, recursive=True), questions, engine, sampling))
+    assert batched_engine.batch == 3
+    many = answers(run(expand(inputs, recursive=True), questions, batched_engine, sampling))
+    assert batched_engine.peak_live == 3  # three images really were decoded together
+    assert many == one
+    assert [row[3] is not None for row in many].count(True) == 2  # the corrupt file, twice
+
+
+def test_batched_run_keeps_grammar_constraints(batched_engine: Engine, album: Path) -> None:
+    choices = ["yes", "no"]
+    constraint = grammars.choices_constraint(choices)
+    rows = answers(
+        run(
+            expand([str(album)], recursive=True),
+            ["Is it red?"],
+            batched_engine,
+            Sampling(max_tokens=4),
+            constraint=constraint,
+        )
+    )
+    assert all(answer in choices for _, _, answer, error in rows if error is None)
+    assert sum(error is None for *_, error in rows) >= 3

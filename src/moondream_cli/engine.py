@@ -159,6 +159,7 @@ class Engine:
         self._prefix_len = 0
         self._prefix_key: object = None
         self.last_tokens = 0  # tokens sampled by the last `ask` (EOS or stop included)
+        self.peak_live = 0  # most sequences `ask_many` decoded together in its last call
 
     # -- loading -----------------------------------------------------------------------
     def _load(self) -> None:
@@ -375,6 +376,7 @@ class Engine:
         ll = self._ll
         ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
         self._prefix_key, self._prefix_len = None, 0
+        self.peak_live = 0  # most sequences decoded together in this call
         source = iter(requests)
         slots: list[_Slot | None] = [None] * self.batch
         batch = ll.llama_batch_init(self.batch, 0, 1)
@@ -394,6 +396,7 @@ class Engine:
                 live = [slot for slot in slots if slot is not None]
                 if not live:
                     return
+                self.peak_live = max(self.peak_live, len(live))
                 for i, slot in enumerate(live):
                     batch.token[i] = slot.token
                     batch.pos[i] = slot.pos

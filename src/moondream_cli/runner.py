@@ -14,9 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from .engine import Sampling
+from .engine import Answer, Request, Sampling
 from .errors import InputError
 from .grammars import Constraint
 from .images import Pixels, load_image
@@ -39,6 +39,17 @@ class Model(Protocol):
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> str: ...
+
+
+@runtime_checkable
+class BatchModel(Model, Protocol):
+    """An engine that can also keep several images in flight (:meth:`Engine.ask_many`)."""
+
+    batch: int
+
+    def ask_many(
+        self, requests: Iterable[Request], sampling: Sampling | None = None
+    ) -> Iterator[Answer]: ...
 
 
 @dataclass
@@ -110,13 +121,11 @@ def run(
     # image for the one it encoded last.
     run_key = object()
     try:
-        while True:
-            item = pending.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Crashed):
-                raise item.exc
-            assert isinstance(item, _Decoded)
+        items = _received(pending)
+        if isinstance(model, BatchModel) and model.batch > 1 and on_text is None:
+            yield from _run_batched(items, questions, model, sampling, constraint)
+            return
+        for item in items:
             yield _answer(
                 item, (run_key, item.index), questions, model, sampling, constraint, on_text
             )
@@ -124,6 +133,73 @@ def run(
         stop.set()
         _drain(pending)
         worker.join(timeout=1.0)
+
+
+def _received(pending: queue.Queue[object]) -> Iterator[_Decoded]:
+    """The decoded inputs, in input order, as the background thread hands them over."""
+    while True:
+        item = pending.get()
+        if item is _DONE:
+            return
+        if isinstance(item, _Crashed):
+            raise item.exc
+        assert isinstance(item, _Decoded)
+        yield item
+
+
+def _run_batched(
+    items: Iterator[_Decoded],
+    questions: Sequence[str],
+    model: BatchModel,
+    sampling: Sampling,
+    constraint: Constraint | None,
+) -> Iterator[ImageResult]:
+    """Many images in flight at once (the engine's continuous batching), results in input order.
+
+    Answers arrive in the order they finish; each image's records are held until all of its
+    questions are answered and every earlier input has been handed out.
+    """
+    finished: dict[int, ImageResult] = {}
+    open_: dict[int, tuple[ImageResult, list[Record | None], list[float]]] = {}
+    next_out = 0
+
+    def requests() -> Iterator[Request]:
+        for item in items:
+            if item.skipped or item.pixels is None:
+                # Nothing for the model to do: the record (or the skip) is ready now.
+                finished[item.index] = _answer(item, None, questions, model, sampling, None, None)
+                continue
+            clock = [time.perf_counter() - item.decode_ms / 1000.0]
+            open_[item.index] = (ImageResult(item.source), [None] * len(questions), clock)
+            yield Request(item.pixels, tuple(questions), tag=item.index, label=item.source.label)
+
+    for answer in model.ask_many(requests(), sampling):
+        index = answer.tag
+        assert isinstance(index, int)
+        result, records, clock = open_[index]
+        now = time.perf_counter()
+        ms = round((now - clock[0]) * 1000)
+        clock[0] = now
+        label = result.source.label
+        try:
+            if answer.error is not None:
+                raise answer.error
+            text = answer.text or ""
+            if constraint is not None:
+                text = constraint.check(text, sampling.max_tokens)
+            records[answer.index] = Record(label, answer.question, text, None, ms)
+        except InputError as exc:
+            records[answer.index] = Record(label, answer.question, None, exc.message, ms)
+        if all(r is not None for r in records):
+            result.records = [r for r in records if r is not None]
+            finished[index] = result
+            del open_[index]
+        while next_out in finished:
+            yield finished.pop(next_out)
+            next_out += 1
+    while next_out in finished:
+        yield finished.pop(next_out)
+        next_out += 1
 
 
 def _answer(

@@ -115,6 +115,7 @@ def _batch(
     max_tokens: int,
     temperature: float,
     seed: int | None,
+    batch: int | None,
     verbose: bool,
 ) -> None:
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
@@ -133,7 +134,7 @@ def _batch(
     try:
         sources = expand(job.args, recursive=job.recursive, files_from=listing, null=job.null)
         files = locate.resolve(model_dir)
-        options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose)
+        options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose, batch=batch)
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
 
         def skip(source: Source) -> bool:

@@ -43,6 +43,17 @@ TemperatureOpt = Annotated[
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Sampling seed, for --temperature > 0.")
 ]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch",
+        "-b",
+        min=1,
+        help="Images answered together (continuous batching). Default: 1 on the CPU; "
+        "on a GPU, as many as half its free memory holds.",
+        show_default=False,
+    ),
+]
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr.")
 ]

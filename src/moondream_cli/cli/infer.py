@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
 from .batch import Job, run_job
 from .common import (
+    BatchOpt,
     CpuOpt,
     MaxTokensOpt,
     ModelDirOpt,
@@ -138,6 +139,7 @@ def describe(
     max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     seed: SeedOpt = None,
+    batch: BatchOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -168,6 +170,7 @@ def describe(
         max_tokens=max_tokens or default_tokens,
         temperature=temperature,
         seed=seed,
+        batch=batch,
         verbose=verbose,
     )
 
@@ -223,6 +226,7 @@ def ask(
     max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = 0.0,
     seed: SeedOpt = None,
+    batch: BatchOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -272,6 +276,7 @@ def ask(
         max_tokens=max_tokens or 256,
         temperature=temperature,
         seed=seed,
+        batch=batch,
         verbose=verbose,
     )
 
