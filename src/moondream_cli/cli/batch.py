@@ -134,8 +134,9 @@ def _batch(
     try:
         sources = expand(job.args, recursive=job.recursive, files_from=listing, null=job.null)
         files = locate.resolve(model_dir)
-        if batch is None and job.single:
-            batch = 1  # one image: no KV caches for sequences that would never be used
+        one_image = job.files_from is None and len(job.args) == 1 and not os.path.isdir(job.args[0])
+        if batch is None and one_image:
+            batch = 1  # no KV caches for sequences that would never be used
         options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose, batch=batch)
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
 
