@@ -56,13 +56,12 @@ privacy-check: install system-deps
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache
 
-<<<<<<< HEAD
 # Build the default Q4_K_M bundle (downloads the f16 GGUFs once) and keep its tarball in bundles/.
 .PHONY: bundle
 bundle: install
 	mkdir -p bundles
 	$(VENV)/bin/mdream fetch --output bundles/
-=======
+
 # -- benchmark (bench/bench.py): `make bench BENCH_ARGS=--quick`; `make bench-ref` builds the
 # llama-mtmd-cli reference from the vendored llama.cpp of the same llama-cpp-python sdist.
 BENCH_ARGS ?=
@@ -85,4 +84,3 @@ bench-ref: install
 	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(if $(CUDA),$(CMAKE_ARGS_CUDA))
 	cmake --build $(BENCH_REF)/build --target llama-mtmd-cli -j $$(nproc)
 	mkdir -p $(BENCH_REF)/bin && cp $(BENCH_REF)/build/bin/llama-mtmd-cli $(BENCH_REF)/bin/
->>>>>>> bench

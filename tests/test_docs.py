@@ -41,3 +41,25 @@ def test_readme_documents_every_exit_code() -> None:
         errors.EXIT_INTERRUPTED,
     ):
         assert f"| {code} |" in readme
+
+
+def test_no_merge_conflict_markers_in_tracked_files() -> None:
+    """A conflict marker once slipped into the Makefile and broke `make` for everyone."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    markers = ("<<<<<<< ", ">>>>>>> ")
+    bad = [
+        name
+        for name in files
+        if (root / name).is_file()
+        and any(
+            line.startswith(markers)
+            for line in (root / name).read_text(errors="replace").splitlines()
+        )
+    ]
+    assert bad == []
