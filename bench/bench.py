@@ -190,14 +190,13 @@ def draw_noise(seed: int) -> Any:
 
 
 # -- the sides, each run in its own child process ---------------------------------------------
-def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The naive loop: llama-cpp-python's MoondreamChatHandler, model loaded once, data: URIs."""
+def _naive_llama(cfg: dict[str, Any]) -> Any:
+    """The reference as its users write it: Llama + MoondreamChatHandler, model loaded once."""
     import llama_cpp
     from llama_cpp.llama_chat_format import MoondreamChatHandler
 
     from moondream_cli import _native_log
 
-    t0 = time.perf_counter()
     gpu = bool(cfg["gpu"])
     _same_weight_placement(llama_cpp, gpu)
     handler = MoondreamChatHandler(clip_model_path=cfg["mmproj"], verbose=False)
@@ -211,28 +210,41 @@ def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
         verbose=False,
     )
     _native_log.install(False)  # libmtmd's per-image debug lines otherwise reach stderr
+    return llm
+
+
+def _naive_ask(llm: Any, path: str, question: str, tokens: int) -> int:
+    """One image + question through the chat handler (a data: URI, never a URL); EOS masked so
+    every side generates ``tokens`` tokens. Returns how many it generated."""
+    uri = "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+    out = llm.create_chat_completion(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": uri}},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ],
+        max_tokens=tokens,
+        temperature=0.0,
+        repeat_penalty=1.0,
+        logit_bias={str(llm.token_eos()): float("-inf")},
+    )
+    return int(out["usage"]["completion_tokens"])
+
+
+def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The naive loop: llama-cpp-python's MoondreamChatHandler, model loaded once, data: URIs."""
+    t0 = time.perf_counter()
+    llm = _naive_llama(cfg)
     load_s = time.perf_counter() - t0
-    eos = str(llm.token_eos())
 
     def call(path: str, question: str) -> tuple[float, int]:
         t = time.perf_counter()
-        uri = "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-        out = llm.create_chat_completion(
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": uri}},
-                        {"type": "text", "text": question},
-                    ],
-                }
-            ],
-            max_tokens=cfg["tokens"],
-            temperature=0.0,
-            repeat_penalty=1.0,
-            logit_bias={eos: float("-inf")},
-        )
-        return time.perf_counter() - t, int(out["usage"]["completion_tokens"])  # type: ignore[index]
+        n = _naive_ask(llm, path, question, cfg["tokens"])
+        return time.perf_counter() - t, n
 
     res = _loop(cfg, call)
     res["load_s"] = load_s
@@ -973,42 +985,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _naive_cold(cfg: dict[str, Any]) -> dict[str, Any]:
-    import llama_cpp
-    from llama_cpp.llama_chat_format import MoondreamChatHandler
-
-    from moondream_cli import _native_log
-
-    _same_weight_placement(llama_cpp, bool(cfg["gpu"]))
-    handler = MoondreamChatHandler(clip_model_path=cfg["mmproj"], verbose=False)
-    llm = llama_cpp.Llama(
-        model_path=cfg["text"],
-        chat_handler=handler,
-        n_ctx=2048,
-        n_threads=cfg["threads"],
-        n_threads_batch=cfg["threads"],
-        n_gpu_layers=-1 if cfg["gpu"] else 0,
-        verbose=False,
-    )
-    _native_log.install(False)
-    uri = (
-        "data:image/jpeg;base64,"
-        + base64.b64encode(Path(cfg["images"]["photo"][0]).read_bytes()).decode()
-    )
-    llm.create_chat_completion(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": uri}},
-                    {"type": "text", "text": QUESTION},
-                ],
-            }
-        ],
-        max_tokens=cfg["tokens"],
-        temperature=0.0,
-        repeat_penalty=1.0,
-        logit_bias={str(llm.token_eos()): float("-inf")},
-    )
+    llm = _naive_llama(cfg)
+    _naive_ask(llm, cfg["images"]["photo"][0], QUESTION, cfg["tokens"])
     llm.close()
     return {}
 

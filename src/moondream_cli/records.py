@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,15 @@ class Record:
         return self.error is None
 
 
-class Renderer:
+class Renderer(ABC):
     """Turns records into text for stdout; ``header()`` is written once, first."""
 
     def header(self) -> str:
         return ""
 
+    @abstractmethod
     def render(self, record: Record) -> str:
-        raise NotImplementedError
+        """One record as text, its line ending included."""
 
 
 class TextRenderer(Renderer):
