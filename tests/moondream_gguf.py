@@ -82,7 +82,10 @@ class _Weights:
         return np.zeros(n, dtype=np.float32)
 
 
-def write_text_model(path: Path, shape: Shape = TINY, seed: int = 0) -> Path:
+def write_text_model(
+    path: Path, shape: Shape = TINY, seed: int = 0, chat_template: str | None = None
+) -> Path:
+    """The phi2 text model; ``chat_template`` embeds one, as ggml-org's file carries "vicuna"."""
     s, w = shape, _Weights(seed)
     writer = gguf.GGUFWriter(str(path), "phi2")
     writer.add_name("moondream2-shaped random text model")
@@ -113,6 +116,8 @@ def write_text_model(path: Path, shape: Shape = TINY, seed: int = 0) -> Path:
     writer.add_bos_token_id(eos)
     writer.add_eos_token_id(eos)
     writer.add_add_bos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     E, F, V = s.n_embd, s.n_ff, s.n_vocab
     writer.add_tensor("token_embd.weight", w.normal((V, E)))
