@@ -8,6 +8,17 @@ from conftest import draw_photo
 
 GOOD_TOP = ("a.jpg", "b.png", "c.webp")
 CORRUPT = "corrupt.jpg"
+# A schema whose enum and booleans the grammar must respect.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "count": {"type": "integer"},
+        "kind": {"enum": ["cat", "dog", "other"]},
+        "outdoor": {"type": "boolean"},
+    },
+    "required": ["count", "kind", "outdoor"],
+    "additionalProperties": False,
+}
 
 
 def make_folder(root: Path) -> Path:

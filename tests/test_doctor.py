@@ -16,13 +16,6 @@ from conftest import ROOT, run_mdream
 from moondream_cli import manifest as mf
 
 
-@pytest.fixture(autouse=True)
-def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
-    # run up to 10x slower. Passive waiting changes no result.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-
-
 def install_bundle(home: Path, model: Path, name: str = "tiny") -> Path:
     """Install the tiny pair as a bundle the way `bundle install` leaves one: hashed, recorded."""
     directory = home / "models" / name

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from conftest import ROOT, run_mdream
-from pipelines_helpers import CORRUPT, GOOD_TOP, make_folder, make_many
+from pipelines_helpers import CORRUPT, GOOD_TOP, SCHEMA, make_folder, make_many
 
 FAST = (
     "-n",
@@ -240,18 +240,6 @@ def test_choices_answers_are_always_in_the_set(tiny_model: Path, tmp_path: Path)
     assert len(good) == 4
     # Random weights answer gibberish (test_pipeline_runner shows it); the grammar forbids it.
     assert all(r[1] in choices for r in good)
-
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "count": {"type": "integer"},
-        "kind": {"enum": ["cat", "dog", "other"]},
-        "outdoor": {"type": "boolean"},
-    },
-    "required": ["count", "kind", "outdoor"],
-    "additionalProperties": False,
-}
 
 
 def test_json_schema_answers_validate(tiny_model: Path, tmp_path: Path) -> None:

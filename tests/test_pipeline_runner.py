@@ -14,7 +14,7 @@ from moondream_cli import grammars, locate
 from moondream_cli.engine import Engine, EngineOptions, Sampling
 from moondream_cli.inputs import expand
 from moondream_cli.runner import run
-from pipelines_helpers import CORRUPT, GOOD_TOP, make_folder
+from pipelines_helpers import CORRUPT, GOOD_TOP, SCHEMA, make_folder
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +83,6 @@ def test_choices_constraint_keeps_every_answer_in_the_set(engine: Engine, album:
     )
     # ...with the grammar it always does.
     assert len(rows) == 4 and all(a in choices and e is None for _, _, a, e in rows)
-
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "count": {"type": "integer"},
-        "kind": {"enum": ["cat", "dog", "other"]},
-        "outdoor": {"type": "boolean"},
-    },
-    "required": ["count", "kind", "outdoor"],
-    "additionalProperties": False,
-}
 
 
 def test_json_schema_answers_validate_or_are_errors(

@@ -12,14 +12,6 @@ import pytest
 from conftest import ROOT
 from test_doctor import install_bundle
 
-
-@pytest.fixture(autouse=True)
-def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
-    # run up to 10x slower. Passive waiting changes no result.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-
-
 SCRIPT = ROOT / "scripts" / "privacy_check.py"
 
 

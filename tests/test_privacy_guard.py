@@ -19,30 +19,16 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from moondream_cli.doctor import NETWORK_MODULES
 
-
-@pytest.fixture(autouse=True)
-def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
-    # run up to 10x slower. Passive waiting changes no result.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-
-
-# Modules that mean download code, or an HTTP stack, reached the inference path.
+# Modules that mean download code, or an HTTP stack, reached the inference path: doctor's
+# list of network stacks plus mdream's own bundle and download corner.
 FORBIDDEN = (
-    "huggingface_hub",
-    "requests",
-    "urllib3",
-    "httpx",
-    "http.client",
-    "urllib.request",
-    "ssl",
+    *NETWORK_MODULES,
     "moondream_cli.fetch",
     "moondream_cli.bundle",
-    "moondream_cli.download",
-    "moondream_cli.hub",
-    "moondream_cli.cli.fetch",
-    "moondream_cli.cli.bundle",
+    "moondream_cli.recipe",
+    "moondream_cli.quantize",
 )
 
 

@@ -20,14 +20,6 @@ from PIL import Image, ImageCms, PngImagePlugin
 from conftest import draw_photo, run_mdream
 from moondream_cli.images import Pixels, load_image
 
-
-@pytest.fixture(autouse=True)
-def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
-    # run up to 10x slower. Passive waiting changes no result.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-
-
 LEAK = "MDREAM-LEAK"
 MARK = {
     field: f"{LEAK}-{field}-{n:04d}"

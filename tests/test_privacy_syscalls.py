@@ -32,14 +32,6 @@ from conftest import ROOT, draw_photo
 from moondream_cli import privacy
 from moondream_cli.syscheck import summary
 
-
-@pytest.fixture(autouse=True)
-def _passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    # llama.cpp's OpenMP threads spin while waiting: on a busy machine that makes each child
-    # run up to 10x slower. Passive waiting changes no result.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-
-
 # The same command lines `make privacy-check` runs (privacy.CHECKS).
 COMMANDS = [pytest.param(check, id=check.name) for check in privacy.CHECKS]
 
