@@ -68,14 +68,16 @@ class EngineOptions:
     n_ctx: int = 2048  # per sequence
     n_batch: int = 1024
     verbose: bool = False
-    # Sequences that `Engine.ask_many` decodes together. None: 1 on the CPU (a batch only
-    # shares the weights' memory traffic, which the CPU does not lack), on a GPU as many as
-    # half the free memory holds KV caches for, at most MAX_AUTO_BATCH.
+    # Sequences that `Engine.ask_many` decodes together. None: 1 on the CPU (a batch speeds
+    # up only the answer tokens there, while each sequence adds an n_ctx-sized KV cache:
+    # 384 MiB at full size; README "Performance"), on a GPU as many as half the free memory
+    # holds KV caches for, at most MAX_AUTO_BATCH.
     batch: int | None = None
     n_ubatch: int = 512
     # llama.cpp's flash attention in the text model and in the vision encoder. None: off
-    # for the text model on the CPU, where it halves the decode speed (bench/, README's
-    # "Performance"); elsewhere llama.cpp decides (on wherever it is supported).
+    # for the text model on the CPU, where it saves image prefill time but halves the answer
+    # speed, a net loss from about 16 answer tokens on (bench/, README's "Performance");
+    # elsewhere llama.cpp decides (on wherever it is supported).
     flash_attn: bool | None = None
     vision_flash_attn: bool | None = None
 
