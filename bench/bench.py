@@ -340,10 +340,13 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
     from moondream_cli.api import Moondream
     from moondream_cli.engine import EngineOptions, Request, Sampling
     from moondream_cli.images import load_image
-    from moondream_cli.prompts import describe_question
+    from moondream_cli.prompts import describe_question, question_prompt
 
     t0 = time.perf_counter()
-    options = EngineOptions(threads=cfg["threads"], gpu=cfg["gpu"], **cfg.get("options", {}))
+    # As `mdream describe DIR` sizes it: the question's prompt in bytes plus the answer.
+    seq_tokens = len(question_prompt(QUESTION).encode()) + cfg["tokens"]
+    opts = {"seq_tokens": seq_tokens, **cfg.get("options", {})}
+    options = EngineOptions(threads=cfg["threads"], gpu=cfg["gpu"], **opts)
     md = Moondream(cfg["dir"], options=options)
     load_s = time.perf_counter() - t0
     engine = md.engine

@@ -184,3 +184,74 @@ def test_a_quantized_text_model_answers_on_this_cpu(
     done = run_mdream("describe", photo, "--model-dir", folder, "-n", "8", "--cpu")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+# -- the CPU's automatic batch -------------------------------------------------------------
+def _kv(engine: Engine) -> tuple[int, int]:
+    """(KV positions in all, KV positions per sequence) of the engine's context."""
+    ll = engine._ll
+    return int(ll.llama_n_ctx(engine._ctx)), int(ll.llama_n_ctx_seq(engine._ctx))
+
+
+@pytest.mark.parametrize(
+    ("seq_tokens", "want_batch"),
+    [(None, 1), (300, 5), (1000, 2), (1600, 1)],
+)
+def test_the_cpu_batch_fits_its_sequences_in_about_one_sequences_memory(
+    tiny_model: Path, seq_tokens: int | None, want_batch: int
+) -> None:
+    # The tiny image takes 17 positions (BOS + 16 patches); each sequence gets what it needs,
+    # rounded up to 256, and all of them together at most 1.25 × n_ctx (2048).
+    options = EngineOptions(threads=2, gpu=False, seq_tokens=seq_tokens)
+    with Engine(locate.resolve(tiny_model), options) as engine:
+        total, per_seq = _kv(engine)
+        assert engine.batch == want_batch
+        assert total <= 1.25 * 2048
+        assert per_seq >= 17 + (seq_tokens or 0)
+        if want_batch == 1:
+            assert per_seq == 2048  # a lone sequence keeps the model's whole context
+
+
+def test_a_planned_cpu_batch_never_cuts_an_answer_short(
+    tiny_model: Path, images: list[Pixels]
+) -> None:
+    # Each answer is forced to its full max_tokens, and the question and answer need 500
+    # positions besides the image's 17: a plan that forgot the image (512 per sequence
+    # instead of 768) would cut every answer short. The answers must also be the ones each
+    # image gets on its own.
+    question = "xyz"
+    prompt = len(f"\n\nQuestion: {question}\n\nAnswer:".encode())
+    sampling = Sampling(max_tokens=500 - prompt, fixed_length=True)
+    files = locate.resolve(tiny_model)
+    options = EngineOptions(threads=2, gpu=False, seq_tokens=prompt + sampling.max_tokens)
+    with Engine(files, options) as planned, Engine(files, EngineOptions(threads=2)) as alone:
+        assert (planned.batch, _kv(planned)[1]) == (3, 768)
+        four = images[:4]  # one more than the batch: a slot is refilled
+        requests = [Request(p, (question,), tag=i) for i, p in enumerate(four)]
+        answers = {a.tag: a for a in planned.ask_many(requests, sampling)}
+        assert planned.peak_live == planned.batch
+        for i, pixels in enumerate(four):
+            alone.set_image(pixels)
+            assert answers[i].error is None
+            assert answers[i].tokens == sampling.max_tokens
+            assert answers[i].text == alone.ask(question, sampling)
+
+
+def test_a_folder_on_the_cpu_is_batched_and_one_image_is_not(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import re
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        draw_photo(seed=i).save(folder / f"{i}.png")
+    args = ("--model-dir", tiny_model, "--cpu", "--verbose", "-n", "8")
+    many = run_mdream("describe", folder, *args)
+    one = run_mdream("describe", folder / "0.png", *args)
+    assert many.returncode == one.returncode == 0, many.stderr + one.stderr
+    seqs = [int(re.findall(rb"n_seq_max\s*=\s*(\d+)", r.stderr)[0]) for r in (many, one)]
+    assert seqs[0] > 1 and seqs[1] == 1
+    # The batched folder's records are the ones each image gets alone.
+    alone = run_mdream("describe", folder / "0.png", "--model-dir", tiny_model, "--cpu", "-n", "8")
+    assert alone.stdout.strip() in many.stdout

@@ -14,10 +14,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from . import _native_log
 from .errors import InputError, ModelError, UsageError
+from .gguf_meta import read_metadata
 from .images import Pixels
 from .locate import ModelFiles
 from .prompts import STOP, question_prompt
@@ -65,14 +67,17 @@ def cpu_has_amx() -> bool:
 class EngineOptions:
     threads: int | None = None  # None: physical cores
     gpu: bool = True  # offload everything when the build supports it
-    n_ctx: int = 2048  # per sequence
+    n_ctx: int = 2048  # per sequence, unless the CPU's automatic batch sizes them (seq_tokens)
     n_batch: int = 1024
     verbose: bool = False
-    # Sequences that `Engine.ask_many` decodes together. None: 1 on the CPU (a batch speeds
-    # up only the answer tokens there, while each sequence adds an n_ctx-sized KV cache:
-    # 384 MiB at full size; README "Performance"), on a GPU as many as half the free memory
-    # holds KV caches for, at most MAX_AUTO_BATCH.
+    # Sequences that `Engine.ask_many` decodes together. None: on a GPU as many as half the
+    # free memory holds KV caches for, at most MAX_AUTO_BATCH; on the CPU see `seq_tokens`.
     batch: int | None = None
+    # The most text tokens one sequence needs after its image (its longest question prompt
+    # plus the answer's max_tokens; an upper bound will do). On the CPU it lets the automatic
+    # batch size each sequence's KV cache to what it needs instead of n_ctx, and fit 2 or 3 in
+    # about the memory of one (README "Performance"). None (unknown): 1 sequence on the CPU.
+    seq_tokens: int | None = None
     n_ubatch: int = 512
     # llama.cpp's flash attention in the text model and in the vision encoder. None: off
     # for the text model on the CPU, where it saves image prefill time but halves the answer
@@ -83,6 +88,12 @@ class EngineOptions:
 
 
 MAX_AUTO_BATCH = 32
+# The CPU's automatic batch: its KV caches together stay within this many times one
+# n_ctx-sized cache (so peak memory barely moves), and it stays below 8 sequences, where
+# llama.cpp switches the decode step's matrix kernel: below it, every answer is bit-identical
+# to the one the image gets on its own.
+CPU_KV_BUDGET = 1.25
+CPU_MAX_AUTO_BATCH = 7
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,21 @@ def _llama() -> Any:
     return llama_cpp
 
 
+def image_positions(mmproj: os.PathLike[str] | str) -> int | None:
+    """KV positions "BOS, image" takes, from the mmproj's header: one per patch for the
+    plain MLP projector Moondream2 uses. None for anything else (it may tile images)."""
+    try:
+        meta = read_metadata(Path(mmproj))
+    except ModelError:
+        return None
+    size, patch = meta.get("clip.vision.image_size"), meta.get("clip.vision.patch_size")
+    if meta.get("clip.projector_type") != "mlp" or not isinstance(size, int):
+        return None
+    if not isinstance(patch, int) or patch < 1:
+        return None
+    return (size // patch) ** 2 + 1
+
+
 def gpu_available() -> bool:
     _native_log.install(verbose=False)
     return bool(_llama().llama_supports_gpu_offload())
@@ -179,11 +205,11 @@ class Engine:
                 "cannot load the text model (run with --verbose for llama.cpp's reason)",
                 path=str(self.files.text),
             )
-        self.batch = max(1, self.options.batch or self._auto_batch())
+        self.batch, seq_ctx = self._plan_batch()
         cparams = ll.llama_context_default_params()
-        # Each sequence gets its own n_ctx-sized KV stream (kv_unified off), so a batched
-        # sequence computes exactly what the same sequence computes alone.
-        cparams.n_ctx = self.options.n_ctx * self.batch
+        # Each sequence gets its own KV stream (kv_unified off), so a batched sequence
+        # computes exactly what the same sequence computes alone.
+        cparams.n_ctx = seq_ctx * self.batch
         cparams.n_batch = self.options.n_batch
         cparams.n_ubatch = min(self.options.n_ubatch, self.options.n_batch)
         cparams.n_seq_max = self.batch
@@ -225,9 +251,24 @@ class Engine:
             return int(ll.LLAMA_FLASH_ATTN_TYPE_AUTO)
         return int(ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if fa else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
 
+    def _plan_batch(self) -> tuple[int, int]:
+        """How many sequences, and the KV positions each gets."""
+        n_ctx = self.options.n_ctx
+        if self.options.batch:
+            return max(1, self.options.batch), n_ctx
+        if self.on_gpu:
+            return self._auto_batch(), n_ctx
+        image = image_positions(self.files.mmproj)
+        if self.options.seq_tokens is None or image is None:
+            return 1, n_ctx
+        # llama.cpp gives each sequence a multiple of 256 positions.
+        seq_ctx = -(-(image + self.options.seq_tokens) // 256) * 256
+        batch = min(CPU_MAX_AUTO_BATCH, int(CPU_KV_BUDGET * n_ctx) // seq_ctx)
+        if batch < 2:
+            return 1, n_ctx
+        return batch, seq_ctx
+
     def _auto_batch(self) -> int:
-        if not self.on_gpu:
-            return 1
         free = _gpu_free_bytes()
         if free is None:
             return 8

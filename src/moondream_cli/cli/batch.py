@@ -122,6 +122,7 @@ def _batch(
     from .. import locate
     from ..engine import Engine, EngineOptions, Sampling
     from ..inputs import Source, expand
+    from ..prompts import question_prompt
     from ..runner import run
 
     render = (
@@ -137,7 +138,15 @@ def _batch(
         one_image = job.files_from is None and len(job.args) == 1 and not os.path.isdir(job.args[0])
         if batch is None and one_image:
             batch = 1  # no KV caches for sequences that would never be used
-        options = EngineOptions(threads=threads, gpu=not cpu, verbose=verbose, batch=batch)
+        # A token is at least one byte: the longest question's prompt in bytes bounds its tokens.
+        prompt = max((len(question_prompt(q).encode("utf-8")) for q in job.questions), default=0)
+        options = EngineOptions(
+            threads=threads,
+            gpu=not cpu,
+            verbose=verbose,
+            batch=batch,
+            seq_tokens=prompt + max_tokens,
+        )
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
 
         def skip(source: Source) -> bool:

@@ -49,8 +49,9 @@ BatchOpt = Annotated[
         "--batch",
         "-b",
         min=1,
-        help="Images answered together (continuous batching). Default: 1 on the CPU; "
-        "on a GPU, as many as half its free memory holds.",
+        help="Images answered together (continuous batching). Default: on the CPU, as many "
+        "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~480, "
+        "else 1); on a GPU, as many as half its free memory holds.",
         show_default=False,
     ),
 ]
