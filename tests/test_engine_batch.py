@@ -255,3 +255,19 @@ def test_a_folder_on_the_cpu_is_batched_and_one_image_is_not(
     # The batched folder's records are the ones each image gets alone.
     alone = run_mdream("describe", folder / "0.png", "--model-dir", tiny_model, "--cpu", "-n", "8")
     assert alone.stdout.strip() in many.stdout
+
+
+def test_an_image_longer_than_planned_stops_the_run_instead_of_cutting_answers(
+    tiny_model: Path, images: list[Pixels], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should an mmproj give more positions per image than its header implies, the planned
+    # sequences would be too short: the run stops with a model error rather than truncate.
+    from moondream_cli import engine as engine_module
+    from moondream_cli.errors import ModelError
+
+    monkeypatch.setattr(engine_module, "image_positions", lambda _mmproj: 5)  # really 17
+    options = EngineOptions(threads=2, gpu=False, seq_tokens=300)
+    with Engine(locate.resolve(tiny_model), options) as engine:
+        assert engine.batch > 1
+        with pytest.raises(ModelError, match="took 17 positions, not the 5"):
+            list(engine.ask_many([Request(images[0], ("a",))], SAMPLING))

@@ -179,6 +179,7 @@ class Engine:
         self._mctx: Any = None
         self.threads = self.options.threads or physical_cores()
         self.on_gpu = self.options.gpu and bool(ll.llama_supports_gpu_offload())
+        self._planned_image: int | None = None  # positions per image the CPU batch plan assumed
         try:
             self._load()
         except BaseException:
@@ -266,6 +267,7 @@ class Engine:
         batch = min(CPU_MAX_AUTO_BATCH, int(CPU_KV_BUDGET * n_ctx) // seq_ctx)
         if batch < 2:
             return 1, n_ctx
+        self._planned_image = image
         return batch, seq_ctx
 
     def _auto_batch(self) -> int:
@@ -353,7 +355,15 @@ class Engine:
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             mtmd.mtmd_bitmap_free(bitmap)
-        return int(new_n_past.value)
+        n_past = int(new_n_past.value)
+        if self._planned_image is not None and n_past > self._planned_image:
+            # The sequences were sized for the header's count: going on would cut answers short.
+            raise ModelError(
+                f"an image took {n_past} positions, not the {self._planned_image} "
+                "the mmproj's header implies",
+                path=str(self.files.mmproj),
+            )
+        return n_past
 
     # -- answering -----------------------------------------------------------------------
     def ask(
