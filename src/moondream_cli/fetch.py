@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__, bundle, paths
 from . import manifest as mf
 from .errors import FetchError, MdreamError, ModelError
-from .gguf_meta import architecture
+from .locate import find_pair
 from .progress import Progress
 from .quantize import quantize
 from .recipe import Recipe, SourceFile
@@ -228,17 +228,14 @@ def _local_sources(
 
 
 def _find_pair(folder: Path) -> dict[str, Path]:
-    """The text and mmproj GGUF in ``folder``, told apart by metadata, not by name."""
-    texts: list[Path] = []
-    projectors: list[Path] = []
-    for path in sorted(folder.glob("*.gguf")):
-        (projectors if architecture(path) == "clip" else texts).append(path)
-    if len(texts) != 1 or len(projectors) != 1:
-        raise FetchError(
-            f"expected one text GGUF and one mmproj GGUF, found {len(texts)} and {len(projectors)}",
-            path=str(folder),
-        )
-    return {"text": texts[0], "mmproj": projectors[0]}
+    """The text and mmproj GGUF in ``folder`` (see `locate.find_pair`), as a fetch error."""
+    try:
+        files = find_pair(folder)
+    except FetchError:
+        raise
+    except ModelError as exc:
+        raise FetchError(exc.message, path=exc.path) from exc
+    return {"text": files.text, "mmproj": files.mmproj}
 
 
 def _check_file(

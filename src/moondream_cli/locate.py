@@ -79,7 +79,7 @@ def from_dir(directory: Path) -> ModelFiles:
         raise ModelError(f"model folder not found — {NO_MODEL_HINT}", path=str(directory))
     if (directory / mf.MANIFEST).is_file():
         return _from_bundle(directory)
-    return _from_loose_files(directory)
+    return find_pair(directory)
 
 
 def _from_bundle(directory: Path) -> ModelFiles:
@@ -95,7 +95,8 @@ def _from_bundle(directory: Path) -> ModelFiles:
     )
 
 
-def _from_loose_files(directory: Path) -> ModelFiles:
+def find_pair(directory: Path) -> ModelFiles:
+    """The text and mmproj GGUF in ``directory``, told apart by metadata, not by name."""
     texts: list[Path] = []
     projectors: list[Path] = []
     for path in sorted(directory.glob("*.gguf")):
