@@ -38,6 +38,7 @@ def quantize(
 
     tail: deque[str] = deque(maxlen=4)
 
+    @_native_log.callback
     def on_log(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
         if not text:
             return

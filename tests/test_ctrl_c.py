@@ -1,0 +1,73 @@
+"""Ctrl-C that arrives while llama.cpp is calling back into Python (it logs often) still stops
+the run. Raised inside a ctypes callback, a KeyboardInterrupt is printed and dropped by ctypes
+and the run would go on to the end (seen: a folder run finishing with exit 0 after Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import moondream_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Loads the tiny text model with verbose logging; the first log line written sends SIGINT
+# to the process from inside the log callback. Then it waits, interruptibly.
+CHILD = """
+import os, signal, sys, time
+import llama_cpp
+from moondream_cli import _native_log
+
+class SignalOnWrite:
+    fired = False
+    def write(self, text):
+        if not SignalOnWrite.fired:
+            SignalOnWrite.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+    def flush(self):
+        pass
+
+if sys.argv[2] == "keep":
+    _native_log.keep_ctrl_c()
+_native_log.install(True)
+sys.stderr = SignalOnWrite()
+try:
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(sys.argv[1]), params)
+    for _ in range(100):
+        time.sleep(0.02)
+    sys.stdout.write("ran to the end\\n")
+except KeyboardInterrupt:
+    sys.stdout.write("interrupted\\n")
+sys.stdout.write(f"signal fired: {SignalOnWrite.fired}\\n")
+"""
+
+
+def _run(model: Path, mode: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), mode],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+        # A shell's background job starts with SIGINT ignored; this test needs the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    return done.stdout.decode()
+
+
+def test_ctrl_c_inside_a_log_callback_still_interrupts(tiny_model: Path) -> None:
+    out = _run(tiny_model / moondream_gguf.TEXT_NAME, "keep")
+    assert out == "interrupted\nsignal fired: True\n"
+
+
+def test_without_the_handler_the_interrupt_is_lost(tiny_model: Path) -> None:
+    # The failure the handler exists for, shown on the same child: were this ever to pass
+    # as "interrupted", the test above would prove nothing.
+    out = _run(tiny_model / moondream_gguf.TEXT_NAME, "plain")
+    assert out == "ran to the end\nsignal fired: True\n"
