@@ -43,6 +43,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """For a child that the test interrupts: a shell starts background jobs with SIGINT
+    ignored, and Python would then never raise KeyboardInterrupt (the run would finish)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def mdream_cmd() -> str:
     return f"{shlex.quote(sys.executable)} -m moondream_cli"
 
@@ -411,6 +417,7 @@ def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=child_env(),
+        preexec_fn=default_sigint,
     )
     assert child.stdout is not None
     first = child.stdout.readline()
@@ -480,6 +487,7 @@ def test_sigint_during_sidecar_batch_leaves_only_whole_sidecars(
         [sys.executable, "-m", "moondream_cli", "describe", str(tmp_path / "imgs"), "--sidecar",
          "-m", str(tiny_model), "-n", "48", "-t", "1", "-f", "jsonl"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env(),
+        preexec_fn=default_sigint,
     )  # fmt: skip
     assert child.stdout is not None
     child.stdout.readline()
