@@ -18,7 +18,7 @@ from PIL import Image
 import moondream_gguf
 from conftest import draw_photo, run_mdream
 from moondream_cli import locate
-from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling
+from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling, cpu_kv_cells
 from moondream_cli.images import Pixels, load_image
 
 QUESTIONS = ("Describe this image.", "Why?", "a", "xyz")
@@ -195,42 +195,52 @@ def _kv(engine: Engine) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     ("seq_tokens", "want_batch"),
-    [(None, 1), (300, 5), (1000, 2), (1600, 1)],
+    [(None, 1), (200, 7), (300, 3), (1000, 2), (1600, 1)],
 )
 def test_the_cpu_batch_fits_its_sequences_in_about_one_sequences_memory(
     tiny_model: Path, seq_tokens: int | None, want_batch: int
 ) -> None:
     # The tiny image takes 17 positions (BOS + 16 patches); each sequence gets what it needs,
-    # rounded up to 256, and all of them together at most 1.25 × n_ctx (2048).
+    # rounded up to an odd multiple of 256, and all of them together at most 1.25 × n_ctx.
     options = EngineOptions(threads=2, gpu=False, seq_tokens=seq_tokens)
     with Engine(locate.resolve(tiny_model), options) as engine:
         total, per_seq = _kv(engine)
         assert engine.batch == want_batch
         assert total <= 1.25 * 2048
         assert per_seq >= 17 + (seq_tokens or 0)
+        assert (per_seq // 256) % 2 == 1 and per_seq % 256 == 0
         if want_batch == 1:
-            assert per_seq == 2048  # a lone sequence keeps the model's whole context
+            # A lone sequence keeps the model's whole context, in 2304 cells.
+            assert (engine._n_ctx, per_seq) == (2048, 2304)
+
+
+@pytest.mark.parametrize(
+    ("positions", "cells"),
+    [(1, 256), (256, 256), (257, 768), (730, 768), (769, 1280), (2048, 2304)],
+)
+def test_cpu_kv_cells_are_an_odd_multiple_of_256(positions: int, cells: int) -> None:
+    assert cpu_kv_cells(positions) == cells
 
 
 def test_a_planned_cpu_batch_never_cuts_an_answer_short(
     tiny_model: Path, images: list[Pixels]
 ) -> None:
-    # Each answer is forced to its full max_tokens, and the question and answer need 500
-    # positions besides the image's 17: a plan that forgot the image (512 per sequence
-    # instead of 768) would cut every answer short. The answers must also be the ones each
+    # Each answer is forced to its full max_tokens, and the question and answer need 760
+    # positions besides the image's 17: a plan that forgot the image (768 per sequence
+    # instead of 1280) would cut every answer short. The answers must also be the ones each
     # image gets on its own.
     question = "xyz"
     prompt = len(f"\n\nQuestion: {question}\n\nAnswer:".encode())
-    sampling = Sampling(max_tokens=500 - prompt, fixed_length=True)
+    sampling = Sampling(max_tokens=760 - prompt, fixed_length=True)
     files = locate.resolve(tiny_model)
     options = EngineOptions(threads=2, gpu=False, seq_tokens=prompt + sampling.max_tokens)
     with Engine(files, options) as planned, Engine(files, EngineOptions(threads=2)) as alone:
-        assert (planned.batch, _kv(planned)[1]) == (3, 768)
-        four = images[:4]  # one more than the batch: a slot is refilled
-        requests = [Request(p, (question,), tag=i) for i, p in enumerate(four)]
+        assert (planned.batch, _kv(planned)[1]) == (2, 1280)
+        three = images[:3]  # one more than the batch: a slot is refilled
+        requests = [Request(p, (question,), tag=i) for i, p in enumerate(three)]
         answers = {a.tag: a for a in planned.ask_many(requests, sampling)}
         assert planned.peak_live == planned.batch
-        for i, pixels in enumerate(four):
+        for i, pixels in enumerate(three):
             alone.set_image(pixels)
             assert answers[i].error is None
             assert answers[i].tokens == sampling.max_tokens
