@@ -390,7 +390,7 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
 def split_timings(engine: Any, pixels: Any, sampling: Any) -> dict[str, float]:
     """Image encode, image prefill and per-token decode, timed separately inside llama.cpp."""
     ll, mtmd = engine._ll, engine._mtmd
-    ll.llama_memory_clear(ll.llama_get_memory(engine._ctx), True)
+    engine._clear_memory()
     engine._prefix_key, engine._prefix_len = None, 0
     buf = (ctypes.c_uint8 * len(pixels.data)).from_buffer_copy(pixels.data)
     bitmap = mtmd.mtmd_bitmap_init(pixels.width, pixels.height, buf)

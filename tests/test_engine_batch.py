@@ -281,3 +281,28 @@ def test_an_image_longer_than_planned_stops_the_run_instead_of_cutting_answers(
         assert engine.batch > 1
         with pytest.raises(ModelError, match="took 17 positions, not the 5"):
             list(engine.ask_many([Request(images[0], ("a",))], SAMPLING))
+
+
+def test_an_engine_that_keeps_its_bos_answers_as_a_fresh_one(
+    tiny_model: Path, images: list[Pixels]
+) -> None:
+    # A sequence keeps the BOS at position 0 from one image to the next and evaluates only
+    # the new image after it. Every answer must still be the one a fresh engine gives,
+    # whose sequence evaluates "BOS, image" from nothing.
+    files = locate.resolve(tiny_model)
+    sampling = Sampling(max_tokens=16, fixed_length=True)
+    fresh = []
+    for pixels in images[:3]:
+        with Engine(files, EngineOptions(threads=2)) as engine:
+            engine.set_image(pixels)
+            fresh.append(engine.ask("xyz", sampling))
+    with Engine(files, EngineOptions(threads=2, batch=1)) as engine:
+        kept = []
+        for pixels in images[:3]:
+            engine.set_image(pixels)
+            kept.append(engine.ask("xyz", sampling))
+        assert engine._bos_seqs == {0}
+        requests = [Request(p, ("xyz",), tag=i) for i, p in enumerate(images[:3])]
+        batched = {a.tag: a.text for a in engine.ask_many(requests, sampling)}
+    assert kept == fresh
+    assert [batched[i] for i in range(3)] == fresh

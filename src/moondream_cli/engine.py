@@ -194,6 +194,7 @@ class Engine:
         self.threads = self.options.threads or physical_cores()
         self.on_gpu = self.options.gpu and bool(ll.llama_supports_gpu_offload())
         self._planned_image: int | None = None  # positions per image the CPU batch plan assumed
+        self._bos_seqs: set[int] = set()  # sequences whose position 0 holds the BOS
         try:
             self._load()
         except BaseException:
@@ -321,14 +322,23 @@ class Engine:
         """Evaluate "BOS, image" as the cache prefix. ``key`` identifies the image for reuse."""
         if key is not None and key == self._prefix_key:
             return
-        ll = self._ll
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
         self._prefix_key, self._prefix_len = None, 0
         self._prefix_len = self._eval_image(pixels, 0, label)
         self._prefix_key = key
 
+    def _clear_memory(self) -> None:
+        ll = self._ll
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._bos_seqs.clear()
+
     def _eval_image(self, pixels: Pixels, seq: int, label: str | None) -> int:
-        """Encode the image and evaluate "BOS, image" into ``seq`` from position 0."""
+        """Encode the image and evaluate "BOS, image" into ``seq`` from position 0, in place of
+        what the sequence held.
+
+        The BOS does not depend on the image: a sequence keeps it from its last image, which
+        saves a decode step per image (0.1 s on a 2-core CPU) and changes nothing, as the BOS
+        was always evaluated on its own.
+        """
         ll, mtmd = self._ll, self._mtmd
         if (
             pixels.width < 1
@@ -337,6 +347,9 @@ class Engine:
         ):
             # libmtmd reads width × height × 3 bytes, whatever the buffer holds.
             raise InputError("pixel data does not match the image size", path=label)
+        keep_bos = seq in self._bos_seqs
+        self._bos_seqs.discard(seq)  # until the image is in: a failure may leave anything
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), seq, 1 if keep_bos else 0, -1)
         buf = (ctypes.c_uint8 * len(pixels.data)).from_buffer_copy(pixels.data)
         bitmap = mtmd.mtmd_bitmap_init(pixels.width, pixels.height, buf)
         if not bitmap:
@@ -344,7 +357,7 @@ class Engine:
         chunks = mtmd.mtmd_input_chunks_init()
         try:
             # Only our own fixed text goes through parse_special: the BOS piece and the marker.
-            text = self._bos_text + mtmd.mtmd_default_marker()
+            text = (b"" if keep_bos else self._bos_text) + mtmd.mtmd_default_marker()
             inp = mtmd.mtmd_input_text()
             inp.text = text
             inp.text_len = len(text)
@@ -359,7 +372,7 @@ class Engine:
                 self._mctx,
                 self._ctx,
                 chunks,
-                0,
+                1 if keep_bos else 0,
                 seq,
                 self.options.n_batch,
                 False,
@@ -370,6 +383,8 @@ class Engine:
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             mtmd.mtmd_bitmap_free(bitmap)
+        if self._bos_text:
+            self._bos_seqs.add(seq)
         n_past = int(new_n_past.value)
         if self._planned_image is not None and n_past > self._planned_image:
             # The sequences were sized for the header's count: going on would cut answers short.
@@ -442,7 +457,7 @@ class Engine:
         """
         sampling = sampling or Sampling()
         ll = self._ll
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._clear_memory()
         self._prefix_key, self._prefix_len = None, 0
         self.peak_live = 0  # most sequences decoded together in this call
         source = iter(requests)
@@ -493,12 +508,10 @@ class Engine:
             for leftover in slots:
                 if leftover is not None:
                     leftover.drop_sampler(ll)
-            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+            self._clear_memory()
 
     def _start_image(self, slot: _Slot, sampling: Sampling) -> Iterator[Answer]:
         req = slot.request
-        ll = self._ll
-        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq, 0, -1)
         try:
             slot.prefix_len = self._eval_image(req.pixels, slot.seq, req.label)
         except InputError as exc:
