@@ -306,3 +306,11 @@ def test_an_engine_that_keeps_its_bos_answers_as_a_fresh_one(
         batched = {a.tag: a.text for a in engine.ask_many(requests, sampling)}
     assert kept == fresh
     assert [batched[i] for i in range(3)] == fresh
+
+
+def test_the_cpu_computes_256_tokens_at_a_time_unless_told(tiny_model: Path) -> None:
+    files = locate.resolve(tiny_model)
+    with Engine(files, EngineOptions(threads=2, gpu=False)) as default:
+        assert default._ll.llama_n_ubatch(default._ctx) == 256
+    with Engine(files, EngineOptions(threads=2, gpu=False, n_ubatch=512)) as told:
+        assert told._ll.llama_n_ubatch(told._ctx) == 512
