@@ -72,7 +72,10 @@ def main() -> int:
     parser.add_argument("--text-fa", action="store_true", help="text-model flash attention on")
     parser.add_argument("--no-vision-fa", action="store_true", help="vision flash attention off")
     parser.add_argument("--steps", type=int, default=8, help="decode steps to time")
-    parser.add_argument("--n-ctx", type=int, default=2048, help="text-model context (KV cells)")
+    parser.add_argument(
+        "--n-ctx", type=int, default=2304, help="text-model KV cells (mdream's CPU default: 2304)"
+    )
+    parser.add_argument("--n-ubatch", type=int, default=256, help="tokens per micro-batch")
     parser.add_argument(
         "--kv-type", choices=("f16", "f32", "q8_0"), default="f16", help="text-model KV cache type"
     )
@@ -97,7 +100,7 @@ def main() -> int:
     mparams.use_extra_bufts = not cpu_has_amx()  # as the engine loads it on the CPU
     model = ll.llama_model_load_from_file(os.fsencode(files.text), mparams)
     cparams = ll.llama_context_default_params()
-    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = args.n_ctx, 1024, 512
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = args.n_ctx, 1024, args.n_ubatch
     cparams.flash_attn_type = on if args.text_fa else off
     cparams.n_threads = cparams.n_threads_batch = args.threads
     cparams.type_k = cparams.type_v = {"f32": 0, "f16": 1, "q8_0": 8}[args.kv_type]  # GGML_TYPE_*

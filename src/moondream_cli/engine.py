@@ -105,10 +105,11 @@ def cpu_kv_cells(positions: int) -> int:
 
     Without flash attention llama.cpp stores V transposed, so writing one token's V touches
     one element per row, rows (cells × 2 bytes) apart. With a power-of-two cell count that
-    stride is a multiple of 4 KiB: every row lands in the same few cache sets, and writing
-    an image's 730 positions took 1.29 s of a 9 s prefill; with 2304 cells instead of 2048 it
-    took 0.38 s (`bench/profile_ops.py --n-ctx`). Only which cells exist changes: llama.cpp
-    attends over the used cells (rounded up to 256) either way, so answers are identical.
+    stride is a power of two too (2 KiB for 1024 cells, 4 KiB for 2048): the rows land in the
+    same few cache sets, and writing an image's 730 positions took 1.29 s of a 9 s prefill;
+    with 2304 cells instead of 2048 it took 0.38 s (`bench/profile_ops.py --n-ctx`). Only
+    spare cells are added: llama.cpp attends over the used cells (rounded up to 256) either
+    way, so answers are identical.
     """
     blocks = -(-max(1, positions) // 256)
     return 256 * (blocks | 1)
