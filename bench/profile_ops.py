@@ -72,10 +72,14 @@ def main() -> int:
     parser.add_argument("--text-fa", action="store_true", help="text-model flash attention on")
     parser.add_argument("--no-vision-fa", action="store_true", help="vision flash attention off")
     parser.add_argument("--steps", type=int, default=8, help="decode steps to time")
+    # mdream's CPU defaults for a lone image
+    from moondream_cli.engine import CPU_UBATCH, EngineOptions, cpu_kv_cells
+
+    cells = cpu_kv_cells(EngineOptions().n_ctx)
+    parser.add_argument("--n-ctx", type=int, default=cells, help=f"text-model KV cells ({cells})")
     parser.add_argument(
-        "--n-ctx", type=int, default=2304, help="text-model KV cells (mdream's CPU default: 2304)"
+        "--n-ubatch", type=int, default=CPU_UBATCH, help=f"tokens per micro-batch ({CPU_UBATCH})"
     )
-    parser.add_argument("--n-ubatch", type=int, default=256, help="tokens per micro-batch")
     parser.add_argument(
         "--kv-type", choices=("f16", "f32", "q8_0"), default="f16", help="text-model KV cache type"
     )
