@@ -96,8 +96,8 @@ MAX_AUTO_BATCH = 32
 # llama.cpp switches the decode step's matrix kernel: below it, every answer is bit-identical
 # to the one the image gets on its own.
 CPU_KV_BUDGET = 1.25
-CPU_UBATCH = 256
 CPU_MAX_AUTO_BATCH = 7
+CPU_UBATCH = 256  # EngineOptions.n_ubatch's CPU default
 
 
 def cpu_kv_cells(positions: int) -> int:

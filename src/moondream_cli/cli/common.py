@@ -50,7 +50,7 @@ BatchOpt = Annotated[
         "-b",
         min=1,
         help="Images answered together (continuous batching). Default: on the CPU, as many "
-        "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~480, "
+        "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~500, "
         "else 1); on a GPU, as many as half its free memory holds.",
         show_default=False,
     ),
