@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import os, signal, sys, time
 import llama_cpp
-from moondream_cli import _native_log
+from moondream_cli import _native_log, interrupt
 
 class SignalOnWrite:
     fired = False
@@ -31,7 +31,7 @@ class SignalOnWrite:
         pass
 
 if sys.argv[2] == "keep":
-    _native_log.keep_ctrl_c()
+    interrupt.install()
 _native_log.install(True)
 sys.stderr = SignalOnWrite()
 try:
@@ -71,3 +71,50 @@ def test_without_the_handler_the_interrupt_is_lost(tiny_model: Path) -> None:
     # as "interrupted", the test above would prove nothing.
     out = _run(tiny_model / moondream_gguf.TEXT_NAME, "plain")
     assert out == "ran to the end\nsignal fired: True\n"
+
+
+# Ctrl-C sent from another thread while the main thread is inside a shielded block. Blocking
+# SIGINT in the main thread (what mdream once did) does not hold this one off: the kernel
+# hands it to the sending thread, and Python still raises it in the main thread, mid-block.
+SHIELDED = """
+import os, signal, sys, threading, time
+from moondream_cli import interrupt
+
+if sys.argv[1] == "install":
+    interrupt.install()
+seen = []
+try:
+    with interrupt.shielded():
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        sender.start()
+        sender.join()
+        for _ in range(50):
+            time.sleep(0.002)
+        seen.append("block finished")
+    seen.append("went on after the block")
+except KeyboardInterrupt:
+    seen.append("interrupted")
+print(", ".join(seen))
+"""
+
+
+def _run_shielded(mode: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", SHIELDED, mode],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    return done.stdout.decode()
+
+
+def test_ctrl_c_in_a_shielded_block_is_raised_as_the_block_ends() -> None:
+    assert _run_shielded("install") == "block finished, interrupted\n"
+
+
+def test_without_the_handler_ctrl_c_lands_inside_the_block() -> None:
+    assert _run_shielded("plain") == "interrupted\n"

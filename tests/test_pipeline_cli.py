@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -395,7 +396,12 @@ def test_head_one_ends_quietly(tiny_model: Path, tmp_path: Path, fmt: str) -> No
     assert proc.stdout.count(b"\n") == 1
 
 
-def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path: Path) -> None:
+# Ctrl-C right after the first record, and well into the run. (One that landed inside the
+# main thread's Queue.get once left the queue locked, and the run hung for ever.)
+@pytest.mark.parametrize("wait", [0.0, 0.15])
+def test_sigint_mid_batch_keeps_every_finished_record(
+    tiny_model: Path, tmp_path: Path, wait: float
+) -> None:
     make_many(tmp_path / "imgs", 300)
     child = subprocess.Popen(
         [
@@ -418,9 +424,13 @@ def test_sigint_mid_batch_keeps_every_finished_record(tiny_model: Path, tmp_path
         stdin=subprocess.DEVNULL,
         env=child_env(),
         preexec_fn=default_sigint,
+        # Unbuffered: readline() must take the first record and nothing more, since
+        # communicate() reads the pipe itself and never sees what Popen's buffer holds.
+        bufsize=0,
     )
     assert child.stdout is not None
     first = child.stdout.readline()
+    time.sleep(wait)
     child.send_signal(signal.SIGINT)
     rest, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
@@ -487,7 +497,7 @@ def test_sigint_during_sidecar_batch_leaves_only_whole_sidecars(
         [sys.executable, "-m", "moondream_cli", "describe", str(tmp_path / "imgs"), "--sidecar",
          "-m", str(tiny_model), "-n", "48", "-t", "1", "-f", "jsonl"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=child_env(),
-        preexec_fn=default_sigint,
+        preexec_fn=default_sigint, bufsize=0,
     )  # fmt: skip
     assert child.stdout is not None
     child.stdout.readline()

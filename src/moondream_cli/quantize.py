@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _native_log
+from . import _native_log, interrupt
 from .errors import FetchError
 from .recipe import QUANTIZATIONS
 
@@ -38,7 +38,7 @@ def quantize(
 
     tail: deque[str] = deque(maxlen=4)
 
-    @_native_log.callback
+    @interrupt.callback
     def on_log(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
         if not text:
             return

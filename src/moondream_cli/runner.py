@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from . import interrupt
 from .engine import Answer, Request, Sampling
 from .errors import InputError
 from .grammars import Constraint
@@ -116,7 +117,8 @@ def run(
         name="mdream-decode",
         daemon=True,
     )
-    worker.start()
+    with interrupt.shielded():
+        worker.start()
     # Keys are unique to this run, so an engine reused across runs never mistakes a new
     # image for the one it encoded last.
     run_key = object()
@@ -130,15 +132,23 @@ def run(
                 item, (run_key, item.index), questions, model, sampling, constraint, on_text
             )
     finally:
-        stop.set()
-        _drain(pending)
-        worker.join(timeout=1.0)
+        with interrupt.shielded():
+            stop.set()
+            _drain(pending)
+            worker.join(timeout=1.0)
 
 
 def _received(pending: queue.Queue[object]) -> Iterator[_Decoded]:
     """The decoded inputs, in input order, as the background thread hands them over."""
     while True:
-        item = pending.get()
+        # Shielded: Ctrl-C inside Queue.get can leave the queue's lock taken, and the
+        # ``finally`` above would then wait for it for ever. Short waits, so that Ctrl-C
+        # still ends a wait on a slow input (a pipe, a network drive) promptly.
+        with interrupt.shielded():
+            try:
+                item = pending.get(timeout=0.1)
+            except queue.Empty:
+                continue
         if item is _DONE:
             return
         if isinstance(item, _Crashed):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__, _native_log
+from .. import __version__, interrupt
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError
 from . import bundles, doctor, infer
 
@@ -58,7 +58,7 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map every failure to one line and one exit code."""
     debug = os.environ.get("MDREAM_DEBUG") == "1"
-    _native_log.keep_ctrl_c()
+    interrupt.install()
     try:
         code = app(args=argv, prog_name="mdream", standalone_mode=False)
     except MdreamError as exc:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import typer
 
+from .. import interrupt
 from ..errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, MdreamError, UsageError
 from ..grammars import Constraint
 from ..records import FORMATS, Record, normalize_ext, renderer, sidecar_path, write_atomic
@@ -221,7 +219,7 @@ def _write_sidecar(record: Record, ext: str, written: set[str]) -> Record:
             raise InputError(f"the {ext} sidecar would replace the image itself; use --ext")
         if key in written:
             raise InputError(f"{path} was already written for another image in this run")
-        with _no_interrupt():
+        with interrupt.shielded():  # the sidecar lands whole, or not at all
             write_atomic(path, record.answer + "\n")
         written.add(key)
     except InputError as exc:
@@ -268,20 +266,6 @@ def _is_regular_file(path: str) -> bool:
         return False
 
 
-@contextmanager
-def _no_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C off while a record or sidecar is written: it lands whole or not at all."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        mask(signal.SIG_SETMASK, old)
-
-
 def _silence(out: TextIO) -> None:
     """The reader is gone: send whatever is still buffered for stdout to /dev/null."""
     try:
@@ -295,7 +279,7 @@ def _silence(out: TextIO) -> None:
 def _emit(out: TextIO, text: str) -> None:
     if not text:
         return
-    with _no_interrupt():
+    with interrupt.shielded():  # a record lands whole, or not at all
         out.write(text)
         out.flush()
 

@@ -1,0 +1,96 @@
+"""Ctrl-C that stops a run cleanly, wherever it lands.
+
+Python raises KeyboardInterrupt at whatever line the main thread happens to be on. Two kinds
+of place cannot take it there:
+
+- C calling back into Python (llama.cpp logs often): ctypes prints the exception and drops
+  it, and the run goes on to the end (seen: a folder run finishing with exit 0 after Ctrl-C);
+- work that must end once begun: a record or sidecar half written, or a lock taken and never
+  released. ``threading.Condition.__enter__`` is Python code that can be interrupted just
+  after it took its lock (seen: a folder run hanging for ever after Ctrl-C, the decode
+  thread's queue locked by the main thread that had been interrupted inside ``Queue.get``).
+
+:func:`install` replaces Python's default SIGINT handler with one that, in those places, notes
+the interrupt instead of raising it: inside :func:`shielded` it is raised as the block ends;
+inside a callback it is delivered again to the main thread once C had time to return.
+Blocking the signal (``pthread_sigmask``) is not enough: the kernel then hands it to another
+thread, and Python still runs the handler in the main thread, inside the blocked section.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType, FrameType
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Code of the Python functions C calls back (log lines, quantization progress).
+_CALLBACKS: set[CodeType] = set()
+# Touched only by the main thread (the handler runs there): how deep in shielded blocks it is,
+# and whether an interrupt arrived while it was.
+_state = {"depth": 0, "pending": False}
+
+
+def callback(func: F) -> F:
+    """Mark ``func`` as called from C (returns it unchanged): Ctrl-C is never raised inside."""
+    _CALLBACKS.add(func.__code__)
+    return func
+
+
+def install() -> None:
+    """Take over SIGINT, unless something already ignores it or handles it its own way."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Hold Ctrl-C off inside the block; one that arrived meanwhile is raised as it ends.
+
+    Needs :func:`install` to hold anything off; without it the block is unprotected, as any
+    code is. Inert outside the main thread, where Python never raises KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        if _state["depth"] == 0 and _state["pending"]:
+            _state["pending"] = False
+            raise KeyboardInterrupt
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    if _state["depth"]:
+        _state["pending"] = True
+        return
+    here = frame
+    while here is not None:
+        if here.f_code in _CALLBACKS:
+            _deliver_later(signum)
+            return
+        here = here.f_back
+    raise KeyboardInterrupt
+
+
+def _deliver_later(signum: int) -> None:
+    """Send ``signum`` to the main thread in 10 ms. Addressed to the main thread, it waits
+    there if it arrives while blocked; raised in the timer's own thread it would be lost."""
+    main = threading.main_thread().ident
+    kill = getattr(signal, "pthread_kill", None)
+    if kill is None or main is None:
+        timer = threading.Timer(0.01, signal.raise_signal, (signum,))
+    else:
+        timer = threading.Timer(0.01, kill, (main, signum))
+    timer.daemon = True
+    timer.start()
+
+
+__all__ = ["callback", "install", "shielded"]
