@@ -39,6 +39,7 @@ def test_readme_documents_every_exit_code() -> None:
         errors.EXIT_MODEL,
         errors.EXIT_NETWORK,
         errors.EXIT_INTERRUPTED,
+        errors.EXIT_TERMINATED,
     ):
         assert f"| {code} |" in readme
 

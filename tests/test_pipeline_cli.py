@@ -489,8 +489,14 @@ def test_progress_bar_on_a_terminal_and_not_with_quiet(tiny_model: Path, tmp_pat
     assert "img/s" not in quiet and f"mdream: error: {album / CORRUPT}:" in quiet
 
 
-def test_sigint_during_sidecar_batch_leaves_only_whole_sidecars(
-    tiny_model: Path, tmp_path: Path
+# SIGTERM (`timeout`, `kill`) would kill Python on the spot, a sidecar's temporary file
+# and all; mdream stops on it as it does on Ctrl-C.
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_signal_during_sidecar_batch_leaves_only_whole_sidecars(
+    tiny_model: Path, tmp_path: Path, sig: signal.Signals, code: int, said: str
 ) -> None:
     images = make_many(tmp_path / "imgs", 300)
     child = subprocess.Popen(
@@ -501,9 +507,10 @@ def test_sigint_during_sidecar_batch_leaves_only_whole_sidecars(
     )  # fmt: skip
     assert child.stdout is not None
     child.stdout.readline()
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
+    assert child.returncode == code, err
+    assert err.decode().splitlines()[-1] == f"mdream: {said}"
     sidecars = sorted((tmp_path / "imgs").glob("*.txt"))
     assert 1 <= len(sidecars) < len(images)
     assert [s.stem for s in sidecars] == [i.stem for i in images[: len(sidecars)]]

@@ -1,4 +1,5 @@
-"""Ctrl-C that stops a run cleanly, wherever it lands.
+"""Ctrl-C (and SIGTERM: `timeout`, `kill`, a service manager) that stops a run cleanly,
+wherever it lands.
 
 Python raises KeyboardInterrupt at whatever line the main thread happens to be on. Two kinds
 of place cannot take it there:
@@ -10,10 +11,11 @@ of place cannot take it there:
   after it took its lock (seen: a folder run hanging for ever after Ctrl-C, the decode
   thread's queue locked by the main thread that had been interrupted inside ``Queue.get``).
 
-:func:`install` replaces Python's default SIGINT handler with one that, in those places, notes
-the interrupt instead of raising it: inside :func:`shielded` it is raised as the block ends;
-inside a callback it is delivered again to the main thread once C had time to return.
-Blocking the signal (``pthread_sigmask``) is not enough: the kernel then hands it to another
+:func:`install` replaces Python's default SIGINT handler, and SIGTERM's default (die on the
+spot, leaving a temporary sidecar behind), with one that raises KeyboardInterrupt for both and,
+in those places, notes the interrupt instead: inside :func:`shielded` it is raised as the
+block ends; inside a callback it is delivered again to the main thread once C had time to
+return. Blocking the signal (``pthread_sigmask``) is not enough: the kernel then hands it to another
 thread, and Python still runs the handler in the main thread, inside the blocked section.
 """
 
@@ -26,13 +28,15 @@ from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Code of the Python functions C calls back (log lines, quantization progress).
 _CALLBACKS: set[CodeType] = set()
 # Touched only by the main thread (the handler runs there): how deep in shielded blocks it is,
-# and whether an interrupt arrived while it was.
-_state = {"depth": 0, "pending": False}
+# whether an interrupt arrived while it was, and the signal that came last.
+_state = {"depth": 0, "pending": False, "signal": int(signal.SIGINT)}
 
 
 def callback(func: F) -> F:
@@ -42,9 +46,23 @@ def callback(func: F) -> F:
 
 
 def install() -> None:
-    """Take over SIGINT, unless something already ignores it or handles it its own way."""
+    """Take over SIGINT and SIGTERM, unless something already ignores them or handles them
+    its own way."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, _on_signal)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+def exit_code() -> int:
+    """The exit code for the signal that stopped the run: 130 for Ctrl-C, 143 for SIGTERM
+    (the shell's codes for death by each)."""
+    return EXIT_INTERRUPTED if _state["signal"] == signal.SIGINT else EXIT_TERMINATED
+
+
+def reason() -> str:
+    """What to tell the user: "interrupted" (Ctrl-C) or "terminated" (SIGTERM)."""
+    return "interrupted" if _state["signal"] == signal.SIGINT else "terminated"
 
 
 @contextmanager
@@ -67,7 +85,8 @@ def shielded() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _state["signal"] = signum
     if _state["depth"]:
         _state["pending"] = True
         return
@@ -93,4 +112,4 @@ def _deliver_later(signum: int) -> None:
     timer.start()
 
 
-__all__ = ["callback", "install", "shielded"]
+__all__ = ["callback", "exit_code", "install", "reason", "shielded"]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__, interrupt
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError
+from ..errors import EXIT_USAGE, MdreamError
 from . import bundles, doctor, infer
 
 app = typer.Typer(
@@ -41,7 +41,8 @@ def root(
     """Run Moondream2 on your own machine: the image never leaves the process.
 
     Exit codes: 0 ok, 1 an input failed, 2 usage, 3 model missing or invalid,
-    4 network access attempted during inference, 130 interrupted.
+    4 network access attempted during inference, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM).
     """
 
 
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         # Inside a command Typer already turns Ctrl-C into exit 130 (and the batch runner says
         # so); this catches it outside one, e.g. while the command line is parsed.
-        sys.stderr.write("mdream: interrupted\n")
-        code = EXIT_INTERRUPTED
+        sys.stderr.write(f"mdream: {interrupt.reason()}\n")
+        code = interrupt.exit_code()
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, keep Python from complaining at exit.
         _silence_stdout()

@@ -1,5 +1,6 @@
 """Run describe/ask over many inputs: the job's checks, the loop's sinks (stdout, sidecars,
-progress) and how it ends (exit 1 on failures, 130 on Ctrl-C, quietly when the reader left)."""
+progress) and how it ends (exit 1 on failures, 130 on Ctrl-C, 143 on SIGTERM, quietly when
+the reader left)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, BinaryIO, TextIO
 import typer
 
 from .. import interrupt
-from ..errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, MdreamError, UsageError
+from ..errors import EXIT_INPUT, InputError, MdreamError, UsageError
 from ..grammars import Constraint
 from ..records import FORMATS, Record, normalize_ext, renderer, sidecar_path, write_atomic
 from .common import claim_stdout
@@ -89,15 +90,16 @@ def run_job(job: Job, **engine_args: Any) -> None:
 
     guard.forbid_network()
     out = claim_stdout()
-    # Typer turns Ctrl-C into a silent exit 130 and EPIPE into exit 1 before the entry point
-    # sees either, so both are settled here: say "interrupted"; end `| head` quietly with 0.
+    # Typer turns Ctrl-C (and SIGTERM, which interrupt.py raises as KeyboardInterrupt too) into
+    # a silent exit 130 and EPIPE into exit 1 before the entry point sees either, so both are
+    # settled here: say "interrupted" or "terminated"; end `| head` quietly with 0.
     try:
         _batch(job, out, **engine_args)
     except KeyboardInterrupt:
         with contextlib.suppress(OSError, ValueError):
             out.flush()  # every finished record is whole: each was written in one piece
-        sys.stderr.write("mdream: interrupted\n")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        sys.stderr.write(f"mdream: {interrupt.reason()}\n")
+        raise typer.Exit(interrupt.exit_code()) from None
     except BrokenPipeError:
         _silence(out)
         raise typer.Exit(0) from None
