@@ -288,9 +288,9 @@ def worker_naive(cfg: dict[str, Any]) -> dict[str, Any]:
     llm = _naive_llama(cfg)
     load_s = time.perf_counter() - t0
 
-    def call(path: str, question: str) -> tuple[float, int]:
+    def call(path: str, question: str, tokens: int) -> tuple[float, int]:
         t = time.perf_counter()
-        n = _naive_ask(llm, path, question, cfg["tokens"])
+        n = _naive_ask(llm, path, question, tokens)
         return time.perf_counter() - t, n
 
     res = _loop(cfg, call)
@@ -317,22 +317,26 @@ def _same_weight_placement(llama_cpp: Any, gpu: bool) -> None:
     llama_cpp.llama.llama_cpp.llama_model_default_params = params
 
 
-def _loop(cfg: dict[str, Any], call: Callable[[str, str], tuple[float, int]]) -> dict[str, Any]:
+def _loop(
+    cfg: dict[str, Any], call: Callable[[str, str, int], tuple[float, int]]
+) -> dict[str, Any]:
     """The same sequence for every in-process side: folders, warm single, extra question."""
     res: dict[str, Any] = {"tokens": []}
     for kind in ("photo", "noise"):
         paths = cfg["images"][kind]
         t = time.perf_counter()
         for p in paths:
-            _, n = call(p, QUESTION)
+            _, n = call(p, QUESTION, cfg["tokens"])
             res["tokens"].append(n)
         res[f"folder_{kind}_s"] = time.perf_counter() - t
         res[f"folder_{kind}_n"] = len(paths)
-    fresh_s, n = call(cfg["images"]["photo"][0], QUESTION)
-    res["tokens"].append(n)
-    extra_s, n = call(cfg["images"]["photo"][0], EXTRA_QUESTION)
-    res["tokens"].append(n)
-    res.update(fresh_s=fresh_s, extra_s=extra_s)
+    path = cfg["images"]["photo"][0]
+    for suffix, tokens in (("", cfg["tokens"]), ("_1", 1)):
+        fresh_s, n = call(path, QUESTION, tokens)
+        res.setdefault(f"tokens{suffix}", []).append(n)
+        extra_s, n = call(path, EXTRA_QUESTION, tokens)
+        res[f"tokens{suffix}"].append(n)
+        res.update({f"fresh{suffix}_s": fresh_s, f"extra{suffix}_s": extra_s})
     return res
 
 
@@ -364,18 +368,22 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
         res[f"folder_{kind}_s"] = time.perf_counter() - t
         res[f"folder_{kind}_n"] = len(paths)
     path = cfg["images"]["photo"][0]
-    t = time.perf_counter()
-    pixels = load_image(path)
-    key = object()  # a key never seen: encoded again, as a new image is
-    engine.set_image(pixels, key=key)
-    engine.ask(QUESTION, sampling)
-    res["fresh_s"] = time.perf_counter() - t
-    res["tokens"].append(engine.last_tokens)
-    t = time.perf_counter()
-    engine.set_image(pixels, key=key)  # the same image: its KV prefix is reused
-    engine.ask(EXTRA_QUESTION, sampling)
-    res["extra_s"] = time.perf_counter() - t
-    res["tokens"].append(engine.last_tokens)
+    # A fresh call, then an extra question on the same image: with the run's answer length,
+    # and with one-token answers (what is left when the answer's own decoding is taken out).
+    for suffix, tokens in (("", cfg["tokens"]), ("_1", 1)):
+        length = Sampling(max_tokens=tokens, fixed_length=True)
+        t = time.perf_counter()
+        pixels = load_image(path)
+        key = object()  # a key never seen: encoded again, as a new image is
+        engine.set_image(pixels, key=key)
+        engine.ask(QUESTION, length)
+        res[f"fresh{suffix}_s"] = time.perf_counter() - t
+        res.setdefault(f"tokens{suffix}", []).append(engine.last_tokens)
+        t = time.perf_counter()
+        engine.set_image(pixels, key=key)  # the same image: its KV prefix is reused
+        engine.ask(EXTRA_QUESTION, length)
+        res[f"extra{suffix}_s"] = time.perf_counter() - t
+        res[f"tokens{suffix}"].append(engine.last_tokens)
     # What the cold `mdream describe -n N` run generates: its EOS is not masked.
     engine.set_image(pixels, key=key)
     engine.ask(describe_question("normal"), Sampling(max_tokens=cfg["tokens"]))
@@ -839,6 +847,14 @@ def build_rows(
             "ratio",
             "lower",
         ),
+        Row(
+            "extra / fresh, 1-token answers",
+            n["extra_1_s"] / n["fresh_1_s"],
+            None,
+            m["extra_1_s"] / m["fresh_1_s"],
+            "ratio",
+            "lower",
+        ),
         Row("load", n["load_s"], None, m["load_s"], "s", "lower"),
     ]
     by = {r.metric: r for r in rows}
@@ -859,6 +875,11 @@ def build_rows(
         )
     check("peak RSS", "≤ 1.1× naive", md.peak_rss_mb <= 1.1 * naive.peak_rss_mb)
     check("extra / fresh", "≤ 0.15 (mdream)", m["extra_s"] / m["fresh_s"] <= 0.15)
+    check(
+        "extra / fresh, 1-token answers",
+        "≤ 0.15 (mdream)",
+        m["extra_1_s"] / m["fresh_1_s"] <= 0.15,
+    )
     return rows
 
 
@@ -1055,9 +1076,10 @@ def main(argv: list[str] | None = None) -> int:
         md_runs.append(run_worker("mdream", md_cfg))
         log(f"  {md_runs[-1].wall_s:.1f} s")
     for side, runs in (("naive", naive_runs), ("mdream", md_runs)):
-        short = [t for run in runs for t in run.result["tokens"] if t < tokens]
-        if short:
-            raise SystemExit(f"bench: the {side} side generated {short} tokens, not {tokens}")
+        for key, want in (("tokens", tokens), ("tokens_1", 1)):
+            short = [t for run in runs for t in run.result[key] if t < want]
+            if short:
+                raise SystemExit(f"bench: the {side} side generated {short} tokens, not {want}")
     naive, md = best(naive_runs), best(md_runs)
     log("cold `mdream describe one.jpg` ...")
     cold_md = run_cold_mdream(cfg)
