@@ -46,11 +46,12 @@ sys.stdout.write(f"signal fired: {SignalOnWrite.fired}\\n")
 """
 
 
-def _run(model: Path, mode: str) -> str:
+def _run(script: str, *args: str) -> str:
+    """``script``'s stdout, run as a child with ``args``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(model), mode],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         env=env,
         timeout=120,
@@ -62,14 +63,14 @@ def _run(model: Path, mode: str) -> str:
 
 
 def test_ctrl_c_inside_a_log_callback_still_interrupts(tiny_model: Path) -> None:
-    out = _run(tiny_model / moondream_gguf.TEXT_NAME, "keep")
+    out = _run(CHILD, str(tiny_model / moondream_gguf.TEXT_NAME), "keep")
     assert out == "interrupted\nsignal fired: True\n"
 
 
 def test_without_the_handler_the_interrupt_is_lost(tiny_model: Path) -> None:
     # The failure the handler exists for, shown on the same child: were this ever to pass
     # as "interrupted", the test above would prove nothing.
-    out = _run(tiny_model / moondream_gguf.TEXT_NAME, "plain")
+    out = _run(CHILD, str(tiny_model / moondream_gguf.TEXT_NAME), "plain")
     assert out == "ran to the end\nsignal fired: True\n"
 
 
@@ -98,23 +99,9 @@ print(", ".join(seen))
 """
 
 
-def _run_shielded(mode: str) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        [sys.executable, "-c", SHIELDED, mode],
-        capture_output=True,
-        env=env,
-        timeout=60,
-        check=False,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    return done.stdout.decode()
-
-
 def test_ctrl_c_in_a_shielded_block_is_raised_as_the_block_ends() -> None:
-    assert _run_shielded("install") == "block finished, interrupted\n"
+    assert _run(SHIELDED, "install") == "block finished, interrupted\n"
 
 
 def test_without_the_handler_ctrl_c_lands_inside_the_block() -> None:
-    assert _run_shielded("plain") == "interrupted\n"
+    assert _run(SHIELDED, "plain") == "interrupted\n"
