@@ -516,7 +516,9 @@ def fidelity(engine: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     path = Path(cfg["fidelity_file"])
     ref = None if cfg.get("reference") else np.load(path)
     n_vocab = int(ll.llama_vocab_n_tokens(engine._vocab))
-    pos, _ = engine._prefill_question(0, engine._prefix_len, QUESTION, Sampling())
+    prompt, _ = engine._question_tokens(0, engine._prefix_len, QUESTION, Sampling())
+    engine._decode(prompt, engine._prefix_len)
+    pos = engine._prefix_len + len(prompt)
     steps = cfg["tokens"]
     logits = np.empty((steps, n_vocab), np.float32)
     tokens = []

@@ -20,6 +20,7 @@ from conftest import draw_photo, run_mdream
 from moondream_cli import locate
 from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling, cpu_kv_cells
 from moondream_cli.images import Pixels, load_image
+from moondream_cli.prompts import question_prompt
 
 QUESTIONS = ("Describe this image.", "Why?", "a", "xyz")
 SAMPLING = Sampling(max_tokens=12)
@@ -97,6 +98,30 @@ def test_batched_answers_are_token_identical_to_single(
         # Answers arrive as they finish: the short ones overtake images admitted before them.
         order = [a.tag for a in answers]
         assert order.index(1) < max(i for i, t in enumerate(order) if t == 0)
+
+
+def test_questions_that_start_together_are_evaluated_together(
+    engine_factory: dict[int, Engine], images: list[Pixels], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three images start at once, so do their questions: prompts of one length go to
+    # llama.cpp in one batch, the others alone, and every answer is the one it gets alone.
+    engine = engine_factory[3]
+    real = engine._decode_prompts
+    batches: list[list[int]] = []
+
+    def spy(prompts: list[tuple[list[int], int, int]]) -> list[int]:
+        batches.append([seq for _, _, seq in prompts])
+        return real(prompts)
+
+    monkeypatch.setattr(engine, "_decode_prompts", spy)
+    # Two photos and a noise image: their answers start with different tokens, so logits
+    # read from another sequence's row would show.
+    picked = [images[0], images[3], images[4]]
+    answers = _many(engine, picked, {})
+    assert [0, 1, 2] in batches  # the first question of each image, together
+    lengths = {len(engine._tokenize(question_prompt(q))) for q in QUESTIONS}
+    assert len(lengths) > 1  # the questions' prompts differ in length: some go alone
+    assert {(a.tag, a.index): a.text for a in answers} == _single(engine_factory[1], picked, {})
 
 
 def test_single_path_still_answers_after_a_batch_on_the_same_engine(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -412,7 +412,9 @@ class Engine:
         if not self._prefix_len:
             raise UsageError("no image has been set")
         sampling = sampling or Sampling()
-        pos, limit = self._prefill_question(0, self._prefix_len, question, sampling)
+        tokens, limit = self._question_tokens(0, self._prefix_len, question, sampling)
+        self._decode(tokens, self._prefix_len)
+        pos = self._prefix_len + len(tokens)
         sampler = self._sampler(sampling)
         try:
             stream = _TextStream(self, sampling, on_text)
@@ -427,16 +429,16 @@ class Engine:
         finally:
             self._ll.llama_sampler_free(sampler)
 
-    def _prefill_question(
+    def _question_tokens(
         self,
         seq: int,
         prefix_len: int,
         question: str,
         sampling: Sampling,
         max_tokens: int | None = None,
-    ) -> tuple[int, int]:
-        """Drop what followed the image prefix in ``seq`` and evaluate the question after it.
-        Return the next position and how many tokens the answer may have."""
+    ) -> tuple[list[int], int]:
+        """Drop what followed the image prefix in ``seq``; return the question prompt's tokens
+        (to evaluate right after the prefix) and how many tokens the answer may have."""
         ll = self._ll
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), seq, prefix_len, -1)
         tokens = self._tokenize(question_prompt(question))
@@ -445,9 +447,8 @@ class Engine:
             raise InputError(
                 f"question too long ({len(tokens)} tokens; {self._n_ctx - prefix_len - 1} fit)"
             )
-        self._decode(tokens, prefix_len, seq)
         limit = sampling.max_tokens if max_tokens is None else max_tokens
-        return prefix_len + len(tokens), min(limit, room)
+        return tokens, min(limit, room)
 
     def ask_many(
         self, requests: Iterable[Request], sampling: Sampling | None = None
@@ -456,10 +457,11 @@ class Engine:
 
         Each image is encoded and evaluated into its own sequence; the live sequences then
         decode together, one token each per ``llama_decode``; a sequence that ends frees its
-        slot for the next image at once. Questions on one image reuse its KV prefix. Answers
-        come in the order they finish; ``Answer.tag`` and ``index`` say whose they are.
-        Greedy answers are token-identical to :meth:`set_image` + :meth:`ask`. Requests are
-        read lazily, so the caller can decode the next images while this one runs.
+        slot for the next image at once. Questions on one image reuse its KV prefix, and
+        questions that start together are evaluated together. Answers come in the order
+        they finish; ``Answer.tag`` and ``index`` say whose they are. Greedy answers are
+        token-identical to :meth:`set_image` + :meth:`ask`. Requests are read lazily, so the
+        caller can decode the next images while this one runs.
         """
         sampling = sampling or Sampling()
         ll = self._ll
@@ -470,18 +472,10 @@ class Engine:
         slots: list[_Slot | None] = [None] * self.batch
         batch = ll.llama_batch_init(self.batch, 0, 1)
         try:
-            exhausted = False
+            more = True
             while True:
-                for seq in range(self.batch):
-                    while slots[seq] is None and not exhausted:
-                        request = next(source, None)
-                        if request is None:
-                            exhausted = True
-                            break
-                        slot = _Slot(seq, request)
-                        yield from self._start_image(slot, sampling)
-                        if slot.sampler is not None:
-                            slots[seq] = slot
+                if more:
+                    more = yield from self._fill(slots, source, sampling)
                 live = [slot for slot in slots if slot is not None]
                 if not live:
                     return
@@ -504,9 +498,11 @@ class Engine:
                     answer = self._step(slot, i)
                     if answer is not None:
                         ended.append((slot, answer))
-                for slot, answer in ended:
+                for _, answer in ended:
                     yield answer
-                    yield from self._next_question(slot, sampling)
+                # The questions that follow start together.
+                yield from self._start_questions([slot for slot, _ in ended], sampling)
+                for slot, _ in ended:
                     if slot.sampler is None:
                         slots[slot.seq] = None
         finally:
@@ -516,42 +512,132 @@ class Engine:
                     leftover.drop_sampler(ll)
             self._clear_memory()
 
-    def _start_image(self, slot: _Slot, sampling: Sampling) -> Iterator[Answer]:
-        req = slot.request
-        try:
-            slot.prefix_len = self._eval_image(req.pixels, slot.seq, req.label)
-        except InputError as exc:
-            for i, q in enumerate(req.questions):
-                yield Answer(req.tag, i, q, None, exc)
-            return
-        slot.index = -1
-        yield from self._next_question(slot, sampling)
+    def _fill(
+        self, slots: list[_Slot | None], source: Iterator[Request], sampling: Sampling
+    ) -> Generator[Answer, None, bool]:
+        """Give every free slot an image and start the first questions, together; False once
+        ``source`` has run out."""
+        while True:
+            starting: list[_Slot] = []
+            for seq in range(len(slots)):
+                while slots[seq] is None:
+                    request = next(source, None)
+                    if request is None:
+                        break
+                    slot = _Slot(seq, request)
+                    try:
+                        slot.prefix_len = self._eval_image(request.pixels, seq, request.label)
+                    except InputError as exc:
+                        for i, question in enumerate(request.questions):
+                            yield Answer(request.tag, i, question, None, exc)
+                        continue
+                    slots[seq] = slot
+                    starting.append(slot)
+            yield from self._start_questions(starting, sampling)
+            for slot in starting:
+                if slot.sampler is None:
+                    slots[slot.seq] = None  # every question ended at once: refill the slot
+            if all(slot is not None for slot in slots):
+                return True
+            if not starting:
+                return False
 
-    def _next_question(self, slot: _Slot, sampling: Sampling) -> Iterator[Answer]:
-        """Start the slot's next question (after the image prefix); answers that end at once
-        are yielded. Leaves ``slot.sampler`` set while a question is running."""
-        req, ll = slot.request, self._ll
-        slot.drop_sampler(ll)
-        while slot.index + 1 < len(req.questions):
-            slot.index += 1
-            question = req.questions[slot.index]
-            try:
-                slot.pos, slot.limit = self._prefill_question(
-                    slot.seq, slot.prefix_len, question, sampling, req.max_tokens
+    def _start_questions(self, slots: list[_Slot], sampling: Sampling) -> Iterator[Answer]:
+        """Start each slot's next question; answers that end at once are yielded, and that
+        slot goes on to its next question. Leaves ``slot.sampler`` set on each slot whose
+        question is running (None: its questions are done)."""
+        ll = self._ll
+        todo = slots
+        while todo:
+            ready: list[tuple[_Slot, list[int]]] = []
+            for slot in todo:
+                slot.drop_sampler(ll)
+                req = slot.request
+                while slot.index + 1 < len(req.questions):
+                    slot.index += 1
+                    question = req.questions[slot.index]
+                    try:
+                        tokens, slot.limit = self._question_tokens(
+                            slot.seq, slot.prefix_len, question, sampling, req.max_tokens
+                        )
+                    except InputError as exc:
+                        if exc.path is None:
+                            exc.path = req.label
+                        yield Answer(req.tag, slot.index, question, None, exc)
+                        continue
+                    ready.append((slot, tokens))
+                    break
+            todo = []
+            for group in self._prompt_groups(ready):
+                at = self._decode_prompts(
+                    [(tokens, slot.prefix_len, slot.seq) for slot, tokens in group]
                 )
-            except InputError as exc:
-                if exc.path is None:
-                    exc.path = req.label
-                yield Answer(req.tag, slot.index, question, None, exc)
-                continue
-            slot.sampler = self._sampler(sampling)
-            slot.stream = _TextStream(self, sampling, None)
-            slot.n = 0
-            answer = self._step(slot, -1)
-            if answer is None:
-                return
-            yield answer
-            slot.drop_sampler(ll)
+                ended: list[Answer] = []
+                for (slot, tokens), index in zip(group, at, strict=True):
+                    slot.pos = slot.prefix_len + len(tokens)
+                    slot.sampler = self._sampler(sampling)
+                    slot.stream = _TextStream(self, sampling, None)
+                    slot.n = 0
+                    answer = self._step(slot, index)
+                    if answer is not None:
+                        ended.append(answer)
+                        todo.append(slot)
+                yield from ended
+
+    def _prompt_groups(
+        self, ready: list[tuple[_Slot, list[int]]]
+    ) -> Iterator[list[tuple[_Slot, list[int]]]]:
+        """Question prompts to evaluate in one ``llama_decode``: only prompts of the same
+        length, in order of sequence, that fit one micro-batch together.
+
+        One ``llama_decode`` of the questions that start together costs little more than
+        one of them alone (on a 2-core CPU, 0.85 s for two 38-token prompts against 0.6 s
+        for one: the weights are read once). llama.cpp splits a batch of several sequences
+        into micro-batches holding as many tokens of each (consecutive sequences only), and
+        computes the matrix products of a micro-batch under 8 tokens with another kernel
+        than a larger one. A prompt of 8 tokens or more, in one micro-batch with others of
+        its length or on its own, is therefore computed bit for bit as it is alone; anything
+        else goes alone.
+        """
+        n_ubatch = int(self._ll.llama_n_ubatch(self._ctx))
+        by_length: dict[int, list[tuple[_Slot, list[int]]]] = {}
+        for slot, tokens in ready:
+            by_length.setdefault(len(tokens), []).append((slot, tokens))
+        for length, same in by_length.items():
+            same.sort(key=lambda entry: entry[0].seq)
+            per = n_ubatch // length if length >= 8 else 1
+            for start in range(0, len(same), max(1, per)):
+                yield same[start : start + max(1, per)]
+
+    def _decode_prompts(self, prompts: list[tuple[list[int], int, int]]) -> list[int]:
+        """Evaluate (tokens, first position, sequence) prompts, logits for each one's last
+        token; return where each one's logits are (``llama_get_logits_ith``)."""
+        if len(prompts) == 1:
+            tokens, pos, seq = prompts[0]
+            self._decode(tokens, pos, seq)
+            return [-1]
+        ll = self._ll
+        total = sum(len(tokens) for tokens, _, _ in prompts)
+        batch = ll.llama_batch_init(total, 0, 1)
+        at: list[int] = []
+        try:
+            i = 0
+            for tokens, pos, seq in prompts:
+                for j, tok in enumerate(tokens):
+                    batch.token[i] = tok
+                    batch.pos[i] = pos + j
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = seq
+                    batch.logits[i] = j == len(tokens) - 1
+                    i += 1
+                at.append(i - 1)
+            batch.n_tokens = total
+            rc = ll.llama_decode(self._ctx, batch)
+        finally:
+            ll.llama_batch_free(batch)
+        if rc != 0:
+            raise InputError(f"llama.cpp could not decode (code {rc})")
+        return at
 
     def _step(self, slot: _Slot, logits_index: int) -> Answer | None:
         """Sample the slot's next token; return its answer when the sequence has ended."""
