@@ -88,6 +88,35 @@ def test_list_is_read_in_chunks_not_all_at_once() -> None:
     assert Endless.reads == 1
 
 
+def test_a_path_on_a_slow_pipe_is_handed_out_before_the_pipe_fills_or_ends() -> None:
+    # A folder watcher writes one path and waits: that path must come out now, not when a
+    # whole chunk has arrived or the writer closes the pipe.
+    import threading
+
+    r, w = os.pipe()
+    reader = os.fdopen(r, "rb")  # buffered, like sys.stdin.buffer
+    got: list[str] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        for name in read_list(reader):
+            got.append(name)
+            first.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    os.write(w, b"first.jpg\n")
+    try:
+        assert first.wait(timeout=10), "the first path waited for more input"
+        assert got == ["first.jpg"]
+    finally:
+        os.write(w, b"second.jpg\n")
+        os.close(w)
+        thread.join(timeout=10)
+        reader.close()
+    assert got == ["first.jpg", "second.jpg"]
+
+
 def test_files_from_list_cannot_name_stdin() -> None:
     with pytest.raises(UsageError):
         list(expand([], files_from=io.BytesIO(b"a.jpg\n-\n")))

@@ -66,11 +66,16 @@ def expand(
 
 
 def read_list(stream: BinaryIO, *, null: bool = False) -> Iterator[str]:
-    """Paths from a stream, one per line (or NUL-separated), read in chunks, never all at once."""
+    """Paths from a stream, one per line (or NUL-separated), read in chunks, never all at once.
+
+    Each path is handed out as soon as its separator has arrived: on a pipe fed slowly (a
+    folder watcher), ``read1`` returns what is there instead of waiting for a full chunk.
+    """
     sep = b"\0" if null else b"\n"
+    read = getattr(stream, "read1", stream.read)
     pending = b""
     while True:
-        chunk = stream.read(_CHUNK)
+        chunk = read(_CHUNK)
         if not chunk:
             break
         pending += chunk
