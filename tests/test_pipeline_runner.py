@@ -193,3 +193,33 @@ def test_batched_run_keeps_grammar_constraints(batched_engine: Engine, album: Pa
     )
     assert all(answer in choices for _, _, answer, error in rows if error is None)
     assert sum(error is None for *_, error in rows) >= 3
+
+
+def test_a_batched_run_answers_an_image_without_waiting_for_the_next_input(
+    batched_engine: Engine, tmp_path: Path
+) -> None:
+    """A slow pipe (`watcher | mdream describe --files-from -`): the next path comes only once
+    the first image's record is out. With free slots the engine must not wait for that input
+    before working on the image it has."""
+    import threading
+
+    from conftest import draw_photo
+    from moondream_cli.inputs import Source
+
+    for i in range(2):
+        draw_photo((48, 40), seed=i).save(tmp_path / f"{i}.png")
+    first_out = threading.Event()
+    released: list[bool] = []
+
+    def slow_pipe() -> Iterator[Source]:
+        yield Source(str(tmp_path / "0.png"))
+        released.append(first_out.wait(timeout=15))  # False: nobody got the first record
+        yield Source(str(tmp_path / "1.png"))
+
+    results = run(slow_pipe(), ["What?"], batched_engine, Sampling(max_tokens=4))
+    first = next(results)
+    first_out.set()
+    rest = list(results)
+    assert released == [True]
+    assert [r.source.label for r in (first, *rest)] == [str(tmp_path / f"{i}.png") for i in (0, 1)]
+    assert all(rec.ok for r in (first, *rest) for rec in r.records)

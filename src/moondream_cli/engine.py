@@ -451,7 +451,11 @@ class Engine:
         return tokens, min(limit, room)
 
     def ask_many(
-        self, requests: Iterable[Request], sampling: Sampling | None = None
+        self,
+        requests: Iterable[Request],
+        sampling: Sampling | None = None,
+        *,
+        ready: Callable[[], bool] | None = None,
     ) -> Iterator[Answer]:
         """Answer every request's questions, ``self.batch`` images at a time (continuous batching).
 
@@ -461,7 +465,9 @@ class Engine:
         questions that start together are evaluated together. Answers come in the order
         they finish; ``Answer.tag`` and ``index`` say whose they are. Greedy answers are
         token-identical to :meth:`set_image` + :meth:`ask`. Requests are read lazily, so the
-        caller can decode the next images while this one runs.
+        caller can decode the next images while this one runs. ``ready()``, if given, says
+        whether the next request can be had at once: while it says no and some sequence is
+        running, that one goes on instead of waiting for the input (a slow pipe).
         """
         sampling = sampling or Sampling()
         ll = self._ll
@@ -475,7 +481,7 @@ class Engine:
             more = True
             while True:
                 if more:
-                    more = yield from self._fill(slots, source, sampling)
+                    more = yield from self._fill(slots, source, sampling, ready)
                 live = [slot for slot in slots if slot is not None]
                 if not live:
                     return
@@ -513,16 +519,25 @@ class Engine:
             self._clear_memory()
 
     def _fill(
-        self, slots: list[_Slot | None], source: Iterator[Request], sampling: Sampling
+        self,
+        slots: list[_Slot | None],
+        source: Iterator[Request],
+        sampling: Sampling,
+        ready: Callable[[], bool] | None,
     ) -> Generator[Answer, None, bool]:
         """Give every free slot an image and start the first questions, together; False once
-        ``source`` has run out."""
+        ``source`` has run out. Waits for the source only when no sequence is running."""
+        exhausted = False
         while True:
             starting: list[_Slot] = []
             for seq in range(len(slots)):
-                while slots[seq] is None:
+                while slots[seq] is None and not exhausted:
+                    busy = any(slot is not None for slot in slots)
+                    if busy and ready is not None and not ready():
+                        break  # the running sequences go on; this slot is filled later
                     request = next(source, None)
                     if request is None:
+                        exhausted = True
                         break
                     slot = _Slot(seq, request)
                     try:
@@ -537,10 +552,10 @@ class Engine:
             for slot in starting:
                 if slot.sampler is None:
                     slots[slot.seq] = None  # every question ended at once: refill the slot
-            if all(slot is not None for slot in slots):
-                return True
-            if not starting:
+            if exhausted:
                 return False
+            if not starting or all(slot is not None for slot in slots):
+                return True
 
     def _start_questions(self, slots: list[_Slot], sampling: Sampling) -> Iterator[Answer]:
         """Start each slot's next question; answers that end at once are yielded, and that

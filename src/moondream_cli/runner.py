@@ -49,7 +49,11 @@ class BatchModel(Model, Protocol):
     batch: int
 
     def ask_many(
-        self, requests: Iterable[Request], sampling: Sampling | None = None
+        self,
+        requests: Iterable[Request],
+        sampling: Sampling | None = None,
+        *,
+        ready: Callable[[], bool] | None = None,
     ) -> Iterator[Answer]: ...
 
 
@@ -125,7 +129,9 @@ def run(
     try:
         items = _received(pending)
         if isinstance(model, BatchModel) and model.batch > 1 and on_text is None:
-            yield from _run_batched(items, questions, model, sampling, constraint)
+            yield from _run_batched(
+                items, questions, model, sampling, constraint, ready=lambda: _ready(pending)
+            )
             return
         for item in items:
             yield _answer(
@@ -157,17 +163,26 @@ def _received(pending: queue.Queue[object]) -> Iterator[_Decoded]:
         yield item
 
 
+def _ready(pending: queue.Queue[object]) -> bool:
+    """Whether the next decoded input is waiting (shielded: Queue.empty takes its lock)."""
+    with interrupt.shielded():
+        return not pending.empty()
+
+
 def _run_batched(
     items: Iterator[_Decoded],
     questions: Sequence[str],
     model: BatchModel,
     sampling: Sampling,
     constraint: Constraint | None,
+    ready: Callable[[], bool] | None = None,
 ) -> Iterator[ImageResult]:
     """Many images in flight at once (the engine's continuous batching), results in input order.
 
     Answers arrive in the order they finish; each image's records are held until all of its
-    questions are answered and every earlier input has been handed out.
+    questions are answered and every earlier input has been handed out. While images are
+    in flight the engine does not wait for the next input (``ready``): a slow pipe delays no
+    result that is already being worked on.
     """
     finished: dict[int, ImageResult] = {}
     open_: dict[int, tuple[ImageResult, list[Record | None], list[float]]] = {}
@@ -183,7 +198,7 @@ def _run_batched(
             open_[item.index] = (ImageResult(item.source), [None] * len(questions), clock)
             yield Request(item.pixels, tuple(questions), tag=item.index, label=item.source.label)
 
-    for answer in model.ask_many(requests(), sampling):
+    for answer in model.ask_many(requests(), sampling, ready=ready):
         index = answer.tag
         assert isinstance(index, int)
         result, records, clock = open_[index]
