@@ -564,7 +564,7 @@ class Engine:
         ll = self._ll
         todo = slots
         while todo:
-            ready: list[tuple[_Slot, list[int]]] = []
+            prompts: list[tuple[_Slot, list[int]]] = []
             for slot in todo:
                 slot.drop_sampler(ll)
                 req = slot.request
@@ -580,10 +580,10 @@ class Engine:
                             exc.path = req.label
                         yield Answer(req.tag, slot.index, question, None, exc)
                         continue
-                    ready.append((slot, tokens))
+                    prompts.append((slot, tokens))
                     break
             todo = []
-            for group in self._prompt_groups(ready):
+            for group in self._prompt_groups(prompts):
                 at = self._decode_prompts(
                     [(tokens, slot.prefix_len, slot.seq) for slot, tokens in group]
                 )
@@ -600,7 +600,7 @@ class Engine:
                 yield from ended
 
     def _prompt_groups(
-        self, ready: list[tuple[_Slot, list[int]]]
+        self, prompts: list[tuple[_Slot, list[int]]]
     ) -> Iterator[list[tuple[_Slot, list[int]]]]:
         """Question prompts to evaluate in one ``llama_decode``: only prompts of the same
         length, in order of sequence, that fit one micro-batch together.
@@ -616,7 +616,7 @@ class Engine:
         """
         n_ubatch = int(self._ll.llama_n_ubatch(self._ctx))
         by_length: dict[int, list[tuple[_Slot, list[int]]]] = {}
-        for slot, tokens in ready:
+        for slot, tokens in prompts:
             by_length.setdefault(len(tokens), []).append((slot, tokens))
         for length, same in by_length.items():
             same.sort(key=lambda entry: entry[0].seq)
