@@ -516,9 +516,7 @@ def fidelity(engine: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     path = Path(cfg["fidelity_file"])
     ref = None if cfg.get("reference") else np.load(path)
     n_vocab = int(ll.llama_vocab_n_tokens(engine._vocab))
-    prompt, _ = engine._question_tokens(0, engine._prefix_len, QUESTION, Sampling())
-    engine._decode(prompt, engine._prefix_len)
-    pos = engine._prefix_len + len(prompt)
+    pos, _ = engine._prefill_question(QUESTION, Sampling())
     steps = cfg["tokens"]
     logits = np.empty((steps, n_vocab), np.float32)
     tokens = []

@@ -412,9 +412,7 @@ class Engine:
         if not self._prefix_len:
             raise UsageError("no image has been set")
         sampling = sampling or Sampling()
-        tokens, limit = self._question_tokens(0, self._prefix_len, question, sampling)
-        self._decode(tokens, self._prefix_len)
-        pos = self._prefix_len + len(tokens)
+        pos, limit = self._prefill_question(question, sampling)
         sampler = self._sampler(sampling)
         try:
             stream = _TextStream(self, sampling, on_text)
@@ -428,6 +426,13 @@ class Engine:
             return stream.finish()
         finally:
             self._ll.llama_sampler_free(sampler)
+
+    def _prefill_question(self, question: str, sampling: Sampling) -> tuple[int, int]:
+        """Evaluate the question after the current image (sequence 0); return the next
+        position and how many tokens the answer may have."""
+        tokens, limit = self._question_tokens(0, self._prefix_len, question, sampling)
+        self._decode(tokens, self._prefix_len)
+        return self._prefix_len + len(tokens), limit
 
     def _question_tokens(
         self,
