@@ -195,31 +195,43 @@ def test_batched_run_keeps_grammar_constraints(batched_engine: Engine, album: Pa
     assert sum(error is None for *_, error in rows) >= 3
 
 
+@pytest.mark.parametrize("skipped_between", [False, True])
 def test_a_batched_run_answers_an_image_without_waiting_for_the_next_input(
-    batched_engine: Engine, tmp_path: Path
+    batched_engine: Engine, tmp_path: Path, skipped_between: bool
 ) -> None:
     """A slow pipe (`watcher | mdream describe --files-from -`): the next path comes only once
     the first image's record is out. With free slots the engine must not wait for that input
-    before working on the image it has."""
+    before working on the image it has, even when an input that is skipped (its sidecar
+    exists) comes in between."""
     import threading
 
     from conftest import draw_photo
     from moondream_cli.inputs import Source
 
-    for i in range(2):
-        draw_photo((48, 40), seed=i).save(tmp_path / f"{i}.png")
+    for name in ("first", "skipped", "last"):
+        draw_photo((48, 40), seed=len(name)).save(tmp_path / f"{name}.png")
     first_out = threading.Event()
     released: list[bool] = []
 
     def slow_pipe() -> Iterator[Source]:
-        yield Source(str(tmp_path / "0.png"))
+        yield Source(str(tmp_path / "first.png"))
+        if skipped_between:
+            yield Source(str(tmp_path / "skipped.png"))
         released.append(first_out.wait(timeout=15))  # False: nobody got the first record
-        yield Source(str(tmp_path / "1.png"))
+        yield Source(str(tmp_path / "last.png"))
 
-    results = run(slow_pipe(), ["What?"], batched_engine, Sampling(max_tokens=4))
+    results = run(
+        slow_pipe(),
+        ["What?"],
+        batched_engine,
+        Sampling(max_tokens=4),
+        skip=lambda source: source.label.endswith("skipped.png"),
+    )
     first = next(results)
     first_out.set()
     rest = list(results)
     assert released == [True]
-    assert [r.source.label for r in (first, *rest)] == [str(tmp_path / f"{i}.png") for i in (0, 1)]
+    names = ["first", "skipped", "last"] if skipped_between else ["first", "last"]
+    assert [r.source.label for r in (first, *rest)] == [str(tmp_path / f"{n}.png") for n in names]
+    assert [r.skipped for r in (first, *rest)] == [n == "skipped" for n in names]
     assert all(rec.ok for r in (first, *rest) for rec in r.records)

@@ -150,6 +150,7 @@ class Answer:
 
 
 _backend_ready = False
+_END = object()  # what ``next`` gives once the requests have run out
 
 
 def _llama() -> Any:
@@ -457,7 +458,7 @@ class Engine:
 
     def ask_many(
         self,
-        requests: Iterable[Request],
+        requests: Iterable[Request | None],
         sampling: Sampling | None = None,
         *,
         ready: Callable[[], bool] | None = None,
@@ -472,7 +473,9 @@ class Engine:
         token-identical to :meth:`set_image` + :meth:`ask`. Requests are read lazily, so the
         caller can decode the next images while this one runs. ``ready()``, if given, says
         whether the next request can be had at once: while it says no and some sequence is
-        running, that one goes on instead of waiting for the input (a slow pipe).
+        running, that one goes on instead of waiting for the input (a slow pipe). ``requests``
+        may also yield None for "nothing ready after all": the running sequences go on, or,
+        with none running, the next request is asked for at once.
         """
         sampling = sampling or Sampling()
         ll = self._ll
@@ -526,7 +529,7 @@ class Engine:
     def _fill(
         self,
         slots: list[_Slot | None],
-        source: Iterator[Request],
+        source: Iterator[Request | None],
         sampling: Sampling,
         ready: Callable[[], bool] | None,
     ) -> Generator[Answer, None, bool]:
@@ -540,10 +543,15 @@ class Engine:
                     busy = any(slot is not None for slot in slots)
                     if busy and ready is not None and not ready():
                         break  # the running sequences go on; this slot is filled later
-                    request = next(source, None)
-                    if request is None:
+                    request = next(source, _END)
+                    if request is _END:
                         exhausted = True
                         break
+                    if request is None:  # nothing ready after all
+                        if busy:
+                            break
+                        continue
+                    assert isinstance(request, Request)
                     slot = _Slot(seq, request)
                     try:
                         slot.prefix_len = self._eval_image(request.pixels, seq, request.label)

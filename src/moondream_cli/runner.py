@@ -50,7 +50,7 @@ class BatchModel(Model, Protocol):
 
     def ask_many(
         self,
-        requests: Iterable[Request],
+        requests: Iterable[Request | None],
         sampling: Sampling | None = None,
         *,
         ready: Callable[[], bool] | None = None,
@@ -188,11 +188,13 @@ def _run_batched(
     open_: dict[int, tuple[ImageResult, list[Record | None], list[float]]] = {}
     next_out = 0
 
-    def requests() -> Iterator[Request]:
+    def requests() -> Iterator[Request | None]:
         for item in items:
             if item.skipped or item.pixels is None:
                 # Nothing for the model to do: the record (or the skip) is ready now.
                 finished[item.index] = _answer(item, None, questions, model, sampling, None, None)
+                if ready is not None and not ready():
+                    yield None  # the engine goes on rather than wait here for the next input
                 continue
             clock = [time.perf_counter() - item.decode_ms / 1000.0]
             open_[item.index] = (ImageResult(item.source), [None] * len(questions), clock)
