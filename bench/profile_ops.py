@@ -72,6 +72,12 @@ def main() -> int:
     parser.add_argument("--text-fa", action="store_true", help="text-model flash attention on")
     parser.add_argument("--no-vision-fa", action="store_true", help="vision flash attention off")
     parser.add_argument("--steps", type=int, default=8, help="decode steps to time")
+    parser.add_argument(
+        "--extra-bufts",
+        action="store_true",
+        help="load with llama.cpp's extra buffer types (AMX) even on AMX CPUs, where mdream "
+        "does not: needs a build with bench/amx_tilecfg_fix.h (README)",
+    )
     # mdream's CPU defaults for a lone image
     from moondream_cli.engine import CPU_UBATCH, EngineOptions, cpu_kv_cells
 
@@ -101,7 +107,8 @@ def main() -> int:
 
     mparams = ll.llama_model_default_params()
     mparams.n_gpu_layers = 0
-    mparams.use_extra_bufts = not cpu_has_amx()  # as the engine loads it on the CPU
+    # as the engine loads it on the CPU, unless asked
+    mparams.use_extra_bufts = args.extra_bufts or not cpu_has_amx()
     model = ll.llama_model_load_from_file(os.fsencode(files.text), mparams)
     cparams = ll.llama_context_default_params()
     cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = args.n_ctx, 1024, args.n_ubatch

@@ -217,9 +217,11 @@ class Engine:
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 999 if self.on_gpu else 0
         if not self.on_gpu and cpu_has_amx():
-            # ggml's AMX matmul kernels (an "extra buffer type") segfault on quantized models
-            # on AMX CPUs (seen here with Q4_K_M; llama.cpp issue #20824). Without extra
-            # buffer types the ordinary CPU kernels run them.
+            # ggml's AMX matmul kernels (an "extra buffer type") segfault when GCC 12 built
+            # them (its _tile_loadconfig lets the tile configuration's stores be deleted;
+            # llama.cpp issue #20824), and with a fixed build they are no faster for this
+            # model (README "Performance"). Without extra buffer types the ordinary CPU
+            # kernels run it, with any build.
             mparams.use_extra_bufts = False
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.text), mparams)
         if not self._model:
