@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)
 CMAKE_ARGS_CUDA := -DGGML_CUDA=on
 LLAMA_SPEC := >=0.3.36,<0.4
 
-.PHONY: install system-deps run demo test test-fast lint fix bench bench-ref privacy-check clean
+.PHONY: install system-deps run demo test test-fast lint fix bench bench-ref device-kit privacy-check clean
 
 install: $(STAMP)
 
@@ -84,3 +84,8 @@ bench-ref: install
 	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(if $(CUDA),$(CMAKE_ARGS_CUDA))
 	cmake --build $(BENCH_REF)/build --target llama-mtmd-cli -j $$(nproc)
 	mkdir -p $(BENCH_REF)/bin && cp $(BENCH_REF)/build/bin/llama-mtmd-cli $(BENCH_REF)/bin/
+
+# The GPU half of the benchmark on a machine without package registries (bench/device.sh):
+# packs the trimmed sdist and the wheels it needs into .device/.
+device-kit: install
+	PY=$(PY) LLAMA_REF_VERSION=$(LLAMA_REF_VERSION) bench/device_kit.sh

@@ -55,8 +55,9 @@ def log(msg: str) -> None:
 
 
 # -- inputs: model files and images ---------------------------------------------------------
-def prepare_models(size: str) -> dict[str, Path]:
-    """f16 pair from the generator, Q4_K_M text model, Q8_0 mmproj: each written once, cached."""
+def prepare_models(size: str, knobs: bool = False) -> dict[str, Path]:
+    """f16 pair from the generator, Q4_K_M text model and, for --knobs, a Q8_0 mmproj: each
+    written once, cached."""
     import moondream_gguf
 
     base = CACHE / size
@@ -82,6 +83,9 @@ def prepare_models(size: str) -> dict[str, Path]:
             quantize_text(text16, text_q4)
             log(f"  done in {time.perf_counter() - t:.1f} s")
         _link(mmproj16, q4 / mmproj16.name)
+    models = {"dir": q4, "text": text_q4, "mmproj": q4 / mmproj16.name}
+    if not knobs:
+        return models
     q8 = base / "mmproj-q8_0"
     q8.mkdir(parents=True, exist_ok=True)
     mmproj_q8 = q8 / "moondream2-mmproj-Q8_0.gguf"
@@ -91,7 +95,7 @@ def prepare_models(size: str) -> dict[str, Path]:
         write_mmproj_q8(mmproj_q8, moondream_gguf.SHAPES[size])
         log(f"  done in {time.perf_counter() - t:.1f} s")
     _link(text_q4, q8 / text_q4.name)
-    return {"dir": q4, "text": text_q4, "mmproj": q4 / mmproj16.name, "dir_mmproj_q8": q8}
+    return dict(models, dir_mmproj_q8=q8)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -542,7 +546,7 @@ def fidelity(engine: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def worker_prepare(cfg: dict[str, Any]) -> dict[str, str]:
     """The model files (and, for --knobs, the f32 reference), written once and cached."""
-    models = prepare_models(cfg["size"])
+    models = prepare_models(cfg["size"], cfg["knobs"])
     if cfg["knobs"]:
         models["dir_reference"] = prepare_reference(cfg["size"], models["text"], models["mmproj"])
     return {k: str(v) for k, v in models.items()}
