@@ -50,7 +50,7 @@ build() {
         >>"$OUT/build.log" 2>&1 || { say "build: compile failed (build.log)"; return 1; }
     mkdir -p "$SITE/llama_cpp/lib" "$ROOT/.cache/bench-ref/bin"
     find "$BUILD" -name 'lib*.so*' -exec cp -P {} "$SITE/llama_cpp/lib/" \;
-    cp "$BUILD/bin/llama-mtmd-cli" "$ROOT/.cache/bench-ref/bin/"
+    cp "$BUILD/bin/llama-mtmd-cli" "$ROOT/.cache/bench-ref/bin/"  # where bench.py looks
     "$PY" -c "import llama_cpp as l; print(l.llama_print_system_info().decode())" \
         >>"$OUT/device.log" 2>&1 || { say "build: llama_cpp does not import"; return 1; }
     touch "$SITE/llama_cpp/lib/.built"
