@@ -94,12 +94,11 @@ def main() -> int:
     import llama_cpp as ll
     import llama_cpp.mtmd_cpp as mtmd
 
-    from moondream_cli import _native_log
-    from moondream_cli.engine import cpu_has_amx
+    from moondream_cli.engine import cpu_has_amx, native
     from moondream_cli.images import load_image
     from moondream_cli.locate import resolve
 
-    _native_log.install(False)
+    native.route_logs_to_stderr(False)
     files = resolve(args.dir)
     clock = Clock(ll)
     on = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED

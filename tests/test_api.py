@@ -67,7 +67,7 @@ def test_sampling_with_a_seed_is_reproducible(md: Moondream, photo: Path) -> Non
 
 
 def test_a_question_cannot_inject_control_tokens(md: Moondream, photo: Path) -> None:
-    tokens = md.engine._tokenize("<|endoftext|>")
+    tokens = md.engine.tokenize("<|endoftext|>")
     assert len(tokens) > 1  # spelled out byte by byte, never the EOS control token
 
 

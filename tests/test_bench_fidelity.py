@@ -1,4 +1,4 @@
-"""The benchmark's fidelity measure (bench/bench.py `fidelity`), behind the README's knob table.
+"""The benchmark's fidelity measure (bench/knobs.py `fidelity`), behind the knob table.
 
 It compares a setting's next-token logits with an exact-arithmetic f32 reference on the same
 weights. These tests pin what makes it trustworthy: the reference files hold the same weights,
@@ -19,7 +19,8 @@ from moondream_cli.images import load_image
 from moondream_cli.locate import resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import bench
+
+import knobs
 
 import moondream_gguf
 
@@ -27,11 +28,11 @@ import moondream_gguf
 def _fidelity(model_dir: Path, photo: Path, ref_file: Path, **cfg: Any) -> dict[str, Any]:
     with Engine(resolve(model_dir), EngineOptions(threads=1, gpu=False)) as engine:
         engine.set_image(load_image(photo))
-        return bench.fidelity(engine, {"tokens": 6, "fidelity_file": str(ref_file), **cfg})
+        return knobs.fidelity(engine, {"tokens": 6, "fidelity_file": str(ref_file), **cfg})
 
 
 def _reference(model_dir: Path, tmp_path: Path) -> Path:
-    return bench.prepare_reference(
+    return knobs.prepare_reference(
         "tiny",
         model_dir / moondream_gguf.TEXT_NAME,
         model_dir / moondream_gguf.MMPROJ_NAME,

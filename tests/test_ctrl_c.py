@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import os, signal, sys, time
 import llama_cpp
-from moondream_cli import _native_log, interrupt
+from moondream_cli import interrupt
+from moondream_cli.engine import native
 
 class SignalOnWrite:
     fired = False
@@ -32,7 +33,7 @@ class SignalOnWrite:
 
 if sys.argv[2] == "keep":
     interrupt.install()
-_native_log.install(True)
+native.route_logs_to_stderr(True)
 sys.stderr = SignalOnWrite()
 try:
     params = llama_cpp.llama_model_default_params()

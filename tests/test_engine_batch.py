@@ -18,7 +18,15 @@ from PIL import Image
 import moondream_gguf
 from conftest import draw_photo, run_mdream
 from moondream_cli import locate
-from moondream_cli.engine import Answer, Engine, EngineOptions, Request, Sampling, cpu_kv_cells
+from moondream_cli.engine import (
+    Answer,
+    Engine,
+    EngineOptions,
+    Request,
+    Sampling,
+    cpu_kv_cells,
+    native,
+)
 from moondream_cli.images import Pixels, load_image
 from moondream_cli.prompts import question_prompt
 
@@ -106,20 +114,22 @@ def test_questions_that_start_together_are_evaluated_together(
     # Three images start at once, so do their questions: prompts of one length go to
     # llama.cpp in one batch, the others alone, and every answer is the one it gets alone.
     engine = engine_factory[3]
-    real = engine._decode_prompts
+    real = native.Context.decode
     batches: list[list[int]] = []
 
-    def spy(prompts: list[tuple[list[int], int, int]]) -> list[int]:
-        batches.append([seq for _, _, seq in prompts])
-        return real(prompts)
+    def spy(context: native.Context, batch: native.Batch) -> None:
+        seqs = batch.seqs()
+        if len(seqs) > len(set(seqs)):  # several tokens of a sequence: prompts, not a step
+            batches.append(list(dict.fromkeys(seqs)))
+        real(context, batch)
 
-    monkeypatch.setattr(engine, "_decode_prompts", spy)
+    monkeypatch.setattr(native.Context, "decode", spy)
     # Two photos and a noise image: their answers start with different tokens, so logits
     # read from another sequence's row would show.
     picked = [images[0], images[3], images[4]]
     answers = _many(engine, picked, {})
     assert [0, 1, 2] in batches  # the first question of each image, together
-    lengths = {len(engine._tokenize(question_prompt(q))) for q in QUESTIONS}
+    lengths = {len(engine.tokenize(question_prompt(q))) for q in QUESTIONS}
     assert len(lengths) > 1  # the questions' prompts differ in length: some go alone
     assert {(a.tag, a.index): a.text for a in answers} == _single(engine_factory[1], picked, {})
 
@@ -193,11 +203,9 @@ def test_a_quantized_text_model_answers_on_this_cpu(
     # engine loads without them there. A child process, so a crash is an exit code here.
     import llama_cpp
 
-    from moondream_cli import _native_log
-
     folder = tmp_path / "q4"
     folder.mkdir()
-    _native_log.install(False)
+    native.route_logs_to_stderr(False)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     text = tiny_model / moondream_gguf.TEXT_NAME
@@ -214,8 +222,7 @@ def test_a_quantized_text_model_answers_on_this_cpu(
 # -- the CPU's automatic batch -------------------------------------------------------------
 def _kv(engine: Engine) -> tuple[int, int]:
     """(KV positions in all, KV positions per sequence) of the engine's context."""
-    ll = engine._ll
-    return int(ll.llama_n_ctx(engine._ctx)), int(ll.llama_n_ctx_seq(engine._ctx))
+    return engine.context.n_ctx, engine.context.n_ctx_seq
 
 
 @pytest.mark.parametrize(
@@ -236,7 +243,7 @@ def test_the_cpu_batch_fits_its_sequences_in_about_one_sequences_memory(
         assert (per_seq // 256) % 2 == 1 and per_seq % 256 == 0
         if want_batch == 1:
             # A lone sequence keeps the model's whole context, in 2304 cells.
-            assert (engine._n_ctx, per_seq) == (2048, 2304)
+            assert (engine.n_ctx, per_seq) == (2048, 2304)
 
 
 @pytest.mark.parametrize(
@@ -297,10 +304,10 @@ def test_an_image_longer_than_planned_stops_the_run_instead_of_cutting_answers(
 ) -> None:
     # Should an mmproj give more positions per image than its header implies, the planned
     # sequences would be too short: the run stops with a model error rather than truncate.
-    from moondream_cli import engine as engine_module
+    from moondream_cli.engine import runtime
     from moondream_cli.errors import ModelError
 
-    monkeypatch.setattr(engine_module, "image_positions", lambda _mmproj: 5)  # really 17
+    monkeypatch.setattr(runtime, "image_positions", lambda _mmproj: 5)  # really 17
     options = EngineOptions(threads=2, gpu=False, seq_tokens=300)
     with Engine(locate.resolve(tiny_model), options) as engine:
         assert engine.batch > 1
@@ -326,7 +333,7 @@ def test_an_engine_that_keeps_its_bos_answers_as_a_fresh_one(
         for pixels in images[:3]:
             engine.set_image(pixels)
             kept.append(engine.ask("xyz", sampling))
-        assert engine._bos_seqs == {0}
+        assert engine.kept_bos == {0}
         requests = [Request(p, ("xyz",), tag=i) for i, p in enumerate(images[:3])]
         batched = {a.tag: a.text for a in engine.ask_many(requests, sampling)}
     assert kept == fresh
@@ -336,6 +343,47 @@ def test_an_engine_that_keeps_its_bos_answers_as_a_fresh_one(
 def test_the_cpu_computes_256_tokens_at_a_time_unless_told(tiny_model: Path) -> None:
     files = locate.resolve(tiny_model)
     with Engine(files, EngineOptions(threads=2, gpu=False)) as default:
-        assert default._ll.llama_n_ubatch(default._ctx) == 256
+        assert default.context.n_ubatch == 256
     with Engine(files, EngineOptions(threads=2, gpu=False, n_ubatch=512)) as told:
-        assert told._ll.llama_n_ubatch(told._ctx) == 512
+        assert told.context.n_ubatch == 512
+
+
+def test_an_engine_used_after_close_raises(tiny_model: Path, images: list[Pixels]) -> None:
+    engine = Engine(locate.resolve(tiny_model), EngineOptions(threads=2))
+    engine.set_image(images[0], key="x")
+    engine.close()
+    engine.close()  # closing twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.set_image(images[0], key="x")  # even when the image would have been reused
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.ask("a")
+    with pytest.raises(RuntimeError, match="closed"):
+        list(engine.ask_many([Request(images[0], ("a",))]))
+
+
+def test_timings_count_each_phase_inside_llama_cpp(
+    engine_factory: dict[int, Engine], images: list[Pixels]
+) -> None:
+    engine = engine_factory[1]
+    engine.set_image(images[1], key=object())  # the sequence now holds a BOS
+    engine.timings.reset()
+    engine.set_image(images[0], key=object())
+    engine.ask("xyz", Sampling(max_tokens=5, fixed_length=True))
+    t = engine.timings
+    assert (t.images, t.image_positions, t.decode_steps) == (1, 17, 4)  # 5 tokens, 4 fed back
+    assert t.prompt_tokens == len(engine.tokenize(question_prompt("xyz")))  # BOS kept
+    assert min(t.encode_s, t.image_prefill_s, t.prompt_s, t.decode_s) > 0
+    engine.timings.reset()
+    assert engine.timings.images == 0 and engine.timings.decode_s == 0.0
+
+
+def test_a_batch_left_unfinished_when_the_engine_closes_ends_quietly(
+    tiny_model: Path, images: list[Pixels]
+) -> None:
+    # `mdream describe DIR | head -1`: the engine is closed while the runner's generator is
+    # still suspended inside ask_many; finalizing it later must not touch the freed context.
+    engine = Engine(locate.resolve(tiny_model), EngineOptions(threads=2, batch=2))
+    answers = engine.ask_many([Request(p, ("a",)) for p in images[:3]], SAMPLING)
+    next(answers)
+    engine.close()
+    answers.close()

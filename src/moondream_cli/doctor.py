@@ -8,18 +8,17 @@ memory. The guard stays on in this process afterwards: audit hooks cannot be rem
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import __version__, locate, paths
 from . import manifest as mf
+from .engine.native import Device, gpu_devices
 from .errors import EXIT_MODEL, EXIT_OK, MdreamError, ModelError, NetworkAttempted
 
 # Modules whose presence after an inference means download code or an HTTP stack ran.
@@ -34,14 +33,6 @@ NETWORK_MODULES = (
 )
 SELF_CHECK_QUESTION = "Describe this image."
 SELF_CHECK_TOKENS = 8
-
-
-@dataclass(frozen=True)
-class Device:
-    name: str
-    description: str
-    free_bytes: int | None
-    total_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -144,16 +135,16 @@ def _home_source() -> str:
 
 def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, ...]]:
     try:
-        from . import _native_log
-
-        _native_log.install(verbose=False)
         import llama_cpp
+
+        from .engine import native
+
+        native.route_logs_to_stderr(False)
     except Exception as exc:  # a broken build is exactly what doctor must report
         problems.append(f"llama-cpp-python cannot be loaded: {exc}")
         return None, "unavailable", False, ()
-    llama_cpp.llama_backend_init()
-    offload = bool(llama_cpp.llama_supports_gpu_offload())
-    devices = gpu_devices(Path(llama_cpp.__file__).parent / "lib") if offload else ()
+    offload = native.gpu_offload()
+    devices = gpu_devices() if offload else ()
     if not offload:
         backend = "CPU"
     else:
@@ -162,62 +153,6 @@ def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, 
         known = [b for b in ("CUDA", "Metal", "Vulkan", "SYCL", "ROCm", "HIP") if b + " :" in info]
         backend = (names or known or ["GPU"])[0]
     return str(getattr(llama_cpp, "__version__", "unknown")), backend, offload, devices
-
-
-_NOT_GPU = ("CPU", "BLAS", "AMX", "RPC")
-
-
-def gpu_devices(lib_dir: Path) -> tuple[Device, ...]:
-    """The GPUs ggml registered, with free/total memory; empty when the device API is missing.
-
-    llama-cpp-python does not bind ggml's device API, so it is called through ctypes on the
-    libraries the package ships (already loaded by llama_cpp).
-    """
-    try:
-        reg = _load_first(lib_dir, ("libggml.so", "libggml.dylib", "ggml.dll"))
-        base = _load_first(lib_dir, ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll"))
-        reg.ggml_backend_dev_count.restype = ctypes.c_size_t
-        reg.ggml_backend_dev_get.restype = ctypes.c_void_p
-        reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-            getattr(base, name).restype = ctypes.c_char_p
-            getattr(base, name).argtypes = [ctypes.c_void_p]
-        base.ggml_backend_dev_type.restype = ctypes.c_int
-        base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        base.ggml_backend_dev_memory.argtypes = [
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_size_t),
-            ctypes.POINTER(ctypes.c_size_t),
-        ]
-    except (OSError, AttributeError):
-        return ()
-    found: list[Device] = []
-    for i in range(int(reg.ggml_backend_dev_count())):
-        dev = reg.ggml_backend_dev_get(i)
-        name = (base.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace")
-        # Device types: 0 CPU, 1 GPU, 2 integrated GPU (older ggml: accelerator), 3 accelerator.
-        if base.ggml_backend_dev_type(dev) not in (1, 2) or name.upper().startswith(_NOT_GPU):
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        found.append(
-            Device(
-                name=name,
-                description=(base.ggml_backend_dev_description(dev) or b"").decode(
-                    "utf-8", "replace"
-                ),
-                free_bytes=int(free.value) or None,
-                total_bytes=int(total.value) or None,
-            )
-        )
-    return tuple(found)
-
-
-def _load_first(lib_dir: Path, names: tuple[str, ...]) -> ctypes.CDLL:
-    for name in names:
-        if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
-    raise OSError(f"none of {', '.join(names)} in {lib_dir}")
 
 
 def _bundle_states(problems: list[str]) -> list[BundleState]:

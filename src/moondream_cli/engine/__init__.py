@@ -1,0 +1,40 @@
+"""In-process Moondream2 inference on llama.cpp's multimodal library (libmtmd).
+
+- :mod:`.core`: :class:`Engine`, one loaded pair; the single-image path.
+- :mod:`.batching`: continuous batching (:meth:`Engine.ask_many`).
+- :mod:`.runtime`: loading, and the evaluation steps both paths share; :class:`Timings`.
+- :mod:`.plan`: hardware probing and KV/batch sizing, as pure functions.
+- :mod:`.stream`: sampled tokens → text, and the stop rules.
+- :mod:`.native`: the only module that touches ctypes; one small owner per C object.
+"""
+
+from __future__ import annotations
+
+from . import native
+from .batching import Answer, Request
+from .core import Engine
+from .options import EngineOptions, Sampling
+from .plan import CPU_UBATCH, Plan, cpu_has_amx, cpu_kv_cells, physical_cores
+from .runtime import Timings
+
+
+def gpu_available() -> bool:
+    """Whether this llama.cpp build can offload to a GPU (loads llama.cpp, quietly)."""
+    native.route_logs_to_stderr(False)
+    return native.gpu_offload()
+
+
+__all__ = [
+    "CPU_UBATCH",
+    "Answer",
+    "Engine",
+    "EngineOptions",
+    "Plan",
+    "Request",
+    "Sampling",
+    "Timings",
+    "cpu_has_amx",
+    "cpu_kv_cells",
+    "gpu_available",
+    "physical_cores",
+]

@@ -1,0 +1,172 @@
+"""The engine: one loaded Moondream2 pair answering questions about images.
+
+An image is evaluated once as the KV-cache prefix "BOS, image"; each question then only
+evaluates its own tokens after that prefix, so further questions on the same image cost just
+their own text. Pixels go straight from memory into libmtmd: no files, no URLs, no
+re-encoding. Many images at once go through :mod:`.batching`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from ..errors import UsageError
+from ..images import Pixels
+from ..locate import ModelFiles
+from . import native
+from .batching import Answer, ContinuousBatch, Request
+from .options import EngineOptions, Sampling
+from .plan import Plan
+from .runtime import Runtime, Timings
+
+
+class Engine:
+    """One loaded text model + mmproj. Not thread-safe: one generation at a time.
+
+    Usable as a context manager; after :meth:`close` every method raises RuntimeError.
+    """
+
+    def __init__(self, files: ModelFiles, options: EngineOptions | None = None) -> None:
+        self.files = files
+        self.options = options or EngineOptions()
+        self._runtime: Runtime | None = Runtime(files, self.options)
+        self._prefix_len = 0
+        self._prefix_key: object = None
+        self.last_tokens = 0  # tokens sampled by the last `ask` (EOS or stop included)
+        self.peak_live = 0  # most sequences `ask_many` decoded together in its last call
+
+    @property
+    def _rt(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the engine is closed")
+        return self._runtime
+
+    # -- what it is ------------------------------------------------------------------------
+    @property
+    def plan(self) -> Plan:
+        """How the context is laid out: sequences, KV cells, micro-batch."""
+        return self._rt.plan
+
+    @property
+    def batch(self) -> int:
+        """Sequences :meth:`ask_many` decodes together."""
+        return self._rt.plan.batch
+
+    @property
+    def threads(self) -> int:
+        return self._rt.threads
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._rt.on_gpu
+
+    @property
+    def n_ctx(self) -> int:
+        """Positions one sequence may use: image, question and answer."""
+        return self._rt.n_ctx
+
+    @property
+    def context(self) -> native.Context:
+        """The llama.cpp context, for reading what it was given (``n_ctx``, ``n_ubatch``)."""
+        return self._rt.context
+
+    @property
+    def timings(self) -> Timings:
+        """Time spent inside llama.cpp by phase, accumulated; ``timings.reset()`` restarts it."""
+        return self._rt.timings
+
+    @property
+    def kept_bos(self) -> frozenset[int]:
+        """Sequences whose BOS is kept for their next image."""
+        return self._rt.kept_bos
+
+    def tokenize(self, text: str) -> list[int]:
+        """``text`` as the model's tokens, control tokens spelled out (never parsed)."""
+        return self._rt.model.tokenize(text)
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one image at a time ---------------------------------------------------------------
+    def set_image(self, pixels: Pixels, *, key: object = None, label: str | None = None) -> None:
+        """Evaluate "BOS, image" as the cache prefix. ``key`` identifies the image for reuse."""
+        rt = self._rt
+        if key is not None and key == self._prefix_key:
+            return
+        self._prefix_key, self._prefix_len = None, 0
+        self._prefix_len = rt.eval_image(pixels, 0, label)
+        self._prefix_key = key
+
+    def ask(
+        self,
+        question: str,
+        sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> str:
+        """Answer ``question`` about the current image; ``on_text`` receives streamed text."""
+        rt = self._rt
+        if not self._prefix_len:
+            raise UsageError("no image has been set")
+        sampling = sampling or Sampling()
+        tokens, limit = rt.question_tokens(0, self._prefix_len, question, sampling)
+        (row,) = rt.decode_prompts([(tokens, self._prefix_len, 0)])
+        reply = rt.reply(self._prefix_len + len(tokens), limit, sampling, on_text)
+        try:
+            while (text := reply.step(row)) is None:
+                self.last_tokens = reply.tokens
+                rt.decode_step([(reply, 0)])
+                row = 0
+        finally:
+            reply.close()
+        self.last_tokens = reply.tokens
+        return text
+
+    def trace_logits(
+        self, question: str, steps: int, choose: Callable[[memoryview], int]
+    ) -> list[int]:
+        """For measurements: evaluate ``question`` after the current image, then ``steps``
+        times hand ``choose`` the next-token logits (float32, valid during the call) and feed
+        the token it returns. Returns the tokens fed."""
+        rt = self._rt
+        if not self._prefix_len:
+            raise UsageError("no image has been set")
+        tokens, _ = rt.question_tokens(0, self._prefix_len, question, Sampling())
+        rt.decode_prompts([(tokens, self._prefix_len, 0)])
+        return rt.follow(self._prefix_len + len(tokens), 0, steps, choose)
+
+    # -- many images at once ---------------------------------------------------------------
+    def ask_many(
+        self,
+        requests: Iterable[Request | None],
+        sampling: Sampling | None = None,
+        *,
+        ready: Callable[[], bool] | None = None,
+    ) -> Iterator[Answer]:
+        """Answer every request's questions, :attr:`batch` images at a time (continuous
+        batching, :mod:`.batching`).
+
+        Answers come in the order they finish; ``Answer.tag`` and ``index`` say whose they
+        are. Greedy answers are token-identical to :meth:`set_image` + :meth:`ask`. Requests
+        are read lazily, so the caller can decode the next images while these run.
+        ``ready()``, if given, says whether the next request can be had at once: while it
+        says no and some sequence is running, that one goes on instead of waiting for the
+        input (a slow pipe). ``requests`` may also yield None for "nothing ready after all":
+        the running sequences go on, or, with none running, the next request is asked for at
+        once.
+        """
+        rt = self._rt
+        self._prefix_key, self._prefix_len = None, 0
+        self.peak_live = 0
+        batch = ContinuousBatch(rt, sampling or Sampling())
+        try:
+            yield from batch.run(requests, ready)
+        finally:
+            self.peak_live = batch.peak_live

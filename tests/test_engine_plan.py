@@ -1,0 +1,69 @@
+"""The engine's layout rules as pure functions: sequences, KV cells, micro-batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from moondream_cli.engine import EngineOptions
+from moondream_cli.engine.plan import (
+    CPU_UBATCH,
+    GPU_FALLBACK_BATCH,
+    MAX_AUTO_BATCH,
+    cpu_batch,
+    gpu_batch,
+    kv_bytes_per_position,
+    plan,
+)
+
+MOONDREAM_KV = kv_bytes_per_position(24, 2048)  # Moondream2's text model: 24 layers, 2048 wide
+
+
+def test_a_lone_cpu_sequence_keeps_the_whole_context_in_spare_cells() -> None:
+    layout = plan(EngineOptions(), on_gpu=False, image_positions=730, kv_bytes_per_position=1)
+    assert (layout.batch, layout.seq_positions, layout.seq_cells) == (1, 2048, 2304)
+    assert layout.n_ubatch == CPU_UBATCH and layout.flash_attn is False
+    assert layout.image_positions is None  # nothing was sized for the image
+
+
+def test_the_cpu_batches_what_fits_in_about_one_sequences_memory() -> None:
+    # Moondream2's describe: 730 image positions + a ~40-byte prompt + 256 tokens.
+    options = EngineOptions(seq_tokens=40 + 256)
+    layout = plan(options, on_gpu=False, image_positions=730, kv_bytes_per_position=1)
+    assert (layout.batch, layout.seq_positions, layout.seq_cells) == (2, 1280, 1280)
+    assert layout.n_ctx <= 1.25 * 2048
+    assert layout.image_positions == 730  # an image taking more must stop the run
+
+
+@pytest.mark.parametrize(
+    ("image", "seq_tokens", "want"),
+    [(None, 300, (1, 2048)), (17, None, (1, 2048)), (17, 200, (7, 256)), (730, 600, (1, 2048))],
+)
+def test_cpu_batch_needs_to_know_both_the_image_and_the_text(
+    image: int | None, seq_tokens: int | None, want: tuple[int, int]
+) -> None:
+    assert cpu_batch(2048, image, seq_tokens) == want
+
+
+def test_a_gpu_batch_takes_half_the_free_memory_and_is_capped() -> None:
+    per_seq = MOONDREAM_KV * 2048  # 384 MiB
+    assert gpu_batch(None, per_seq) == GPU_FALLBACK_BATCH
+    assert gpu_batch(4 * per_seq, per_seq) == 1  # half of it holds one sequence, counted twice
+    assert gpu_batch(1, per_seq) == 1
+    assert gpu_batch(10**15, per_seq) == MAX_AUTO_BATCH
+    layout = plan(
+        EngineOptions(),
+        on_gpu=True,
+        image_positions=None,
+        kv_bytes_per_position=MOONDREAM_KV,
+        gpu_free_bytes=16 * per_seq,
+    )
+    assert (layout.batch, layout.seq_cells, layout.n_ubatch) == (4, 2048, 512)
+    assert layout.flash_attn is None  # llama.cpp decides on a GPU
+
+
+def test_an_explicit_batch_and_micro_batch_win() -> None:
+    options = EngineOptions(batch=3, n_ubatch=4096, flash_attn=True)
+    layout = plan(options, on_gpu=False, image_positions=730, kv_bytes_per_position=1)
+    assert (layout.batch, layout.seq_positions) == (3, 2048)
+    assert layout.n_ubatch == options.n_batch  # never more than a whole batch
+    assert layout.flash_attn is True
