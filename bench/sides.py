@@ -127,9 +127,9 @@ def _loop(
 
 
 def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
-    from moondream_cli.api import Moondream
-    from moondream_cli.engine import EngineOptions, Request, Sampling
+    from moondream_cli.engine import Engine, EngineOptions, Request, Sampling
     from moondream_cli.images import load_image
+    from moondream_cli.locate import resolve
     from moondream_cli.prompts import describe_question, question_prompt
 
     t0 = time.perf_counter()
@@ -137,9 +137,8 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
     seq_tokens = len(question_prompt(QUESTION).encode()) + cfg["tokens"]
     opts = {"seq_tokens": seq_tokens, **cfg.get("options", {})}
     options = EngineOptions(threads=cfg["threads"], gpu=cfg["gpu"], **opts)
-    md = Moondream(cfg["dir"], options=options)
+    engine = Engine(resolve(cfg["dir"]), options)
     load_s = time.perf_counter() - t0
-    engine = md.engine
     sampling = Sampling(max_tokens=cfg["tokens"], fixed_length=True)
     res: dict[str, Any] = {"tokens": [], "batch": engine.batch, "answers": {}}
     for kind in ("photo", "noise"):
@@ -177,7 +176,7 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
     res["load_s"] = load_s
     if cfg.get("split"):
         res.update(split_timings(engine, pixels, sampling))
-    md.close()
+    engine.close()
     return res
 
 

@@ -167,7 +167,7 @@ def test_unknown_format_is_a_usage_error(bad: str) -> None:
     run = run_mdream("doctor", "--format", bad)
     assert run.returncode == 2
     assert run.stdout == b""
-    assert b"--format must be one of text, json" in run.stderr
+    assert f"'{bad}' is not one of 'text', 'json'".encode() in run.stderr
 
 
 def test_help_has_a_summary_and_examples() -> None:

@@ -1,18 +1,24 @@
 """The Python API: ``Moondream(model_dir=None).describe(image)`` / ``.ask(image, question)``.
 
 Loads the model once and is reusable. Images are paths, encoded bytes or PIL images; they
-are decoded and stripped in memory by :mod:`moondream_cli.images`.
+are decoded and stripped in memory by :mod:`moondream_cli.images`. Configured with the same
+:class:`~moondream_cli.settings.Settings` as the command line (model, device, threads,
+sampling); the engine's own tuning knobs (:class:`~moondream_cli.engine.EngineOptions`) are
+for benchmarks and tests, which use :class:`~moondream_cli.engine.Engine` directly.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 from . import locate
-from .engine import Engine, EngineOptions, Sampling
+from .engine import Engine, Sampling
 from .images import ImageSource, Pixels, load_image
-from .prompts import DESCRIBE_MAX_TOKENS, describe_question
+from .prompts import ASK_MAX_TOKENS, Length, Style, describe_task
+from .settings import Settings
 
 
 class Moondream:
@@ -20,28 +26,34 @@ class Moondream:
 
     >>> md = Moondream()                                  # doctest: +SKIP
     >>> md.describe("photo.jpg", length="short")          # doctest: +SKIP
+    >>> Moondream(settings=Settings(cpu=True, threads=4))  # doctest: +SKIP
     """
 
     def __init__(
         self,
         model_dir: str | os.PathLike[str] | None = None,
         *,
-        options: EngineOptions | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.files = locate.resolve(model_dir)
-        self.engine = Engine(self.files, options)
+        settings = settings or Settings()
+        if model_dir is not None:
+            settings = replace(settings, model_dir=Path(model_dir))
+        self.settings = settings
+        self.files = locate.resolve(settings.model_dir)
+        self.engine = Engine(self.files, settings.engine_options())
 
     def describe(
         self,
         image: ImageSource | Pixels,
-        length: str = "normal",
+        length: Length | str = Length.NORMAL,
         *,
+        style: Style | str = Style.CAPTION,
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> str:
-        question = describe_question(length)
-        sampling = sampling or Sampling(max_tokens=DESCRIBE_MAX_TOKENS[length])
-        return self.ask(image, question, sampling=sampling, on_text=on_text)
+        task = describe_task(style, length)
+        sampling = sampling or self.settings.sampling(task.max_tokens)
+        return self.ask(image, task.question, sampling=sampling, on_text=on_text)
 
     def ask(
         self,
@@ -54,7 +66,9 @@ class Moondream:
         pixels = image if isinstance(image, Pixels) else load_image(image)
         # Same pixels as last time: the encoded image prefix is reused.
         self.engine.set_image(pixels, key=pixels)
-        return self.engine.ask(question, sampling, on_text)
+        return self.engine.ask(
+            question, sampling or self.settings.sampling(ASK_MAX_TOKENS), on_text
+        )
 
     def close(self) -> None:
         self.engine.close()

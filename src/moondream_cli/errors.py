@@ -7,6 +7,10 @@ Exit codes (documented in README.md):
     3  model missing, invalid or failed verification
     4  network access attempted during inference
   130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM)
+
+``main`` (``cli/app.py``) is the one place that turns these into a line on stderr and an
+exit code; everything else raises.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class MdreamError(Exception):
     """Base of every error mdream reports to a user. ``str(err)`` is the one-line message."""
 
     exit_code = EXIT_INPUT
+    # True when the user has been told already (each failed input, a printed report):
+    # the entry point then only exits with the code.
+    reported = False
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
@@ -64,3 +71,29 @@ class NetworkAttempted(MdreamError):
     """Something tried to use the network while an image was being processed."""
 
     exit_code = EXIT_NETWORK
+
+
+class Interrupted(MdreamError):
+    """Ctrl-C (exit 130) or SIGTERM (143) stopped the run; what was written so far is whole.
+    Made by :func:`moondream_cli.interrupt.stopped`."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+
+
+class Failed(MdreamError):
+    """The work is done and some of it failed; each failure was reported as it happened."""
+
+    reported = True
+
+    def __init__(self, message: str, exit_code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class OutputClosed(MdreamError):
+    """The reader of stdout went away (``| head -1``): stop quietly, exit 0."""
+
+    exit_code = EXIT_OK
+    reported = True

@@ -15,8 +15,18 @@ of place cannot take it there:
 spot, leaving a temporary sidecar behind), with one that raises KeyboardInterrupt for both and,
 in those places, notes the interrupt instead: inside :func:`shielded` it is raised as the
 block ends; inside a callback it is delivered again to the main thread once C had time to
-return. Blocking the signal (``pthread_sigmask``) is not enough: the kernel then hands it to another
-thread, and Python still runs the handler in the main thread, inside the blocked section.
+return. Blocking the signal (``pthread_sigmask``) is not enough: the kernel then hands it to
+another thread, and Python still runs the handler in the main thread, inside the blocked section.
+
+The rules for code you add:
+
+- On the main thread, take a lock (a ``queue.Queue`` call takes one) or write anything that
+  must land whole (a record, a sidecar) only inside ``with shielded():``.
+- Mark every Python function that C calls back with ``@callback``.
+- Background threads never see KeyboardInterrupt: they stop when the main thread tells them
+  (an Event), in a ``finally`` that runs shielded (``runner.run``).
+- At a command's edge the KeyboardInterrupt becomes :func:`stopped`'s ``Interrupted`` error
+  (``cli/app.py``), which ``main`` maps to exit 130 or 143 like every other error.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +73,12 @@ def exit_code() -> int:
 def reason() -> str:
     """What to tell the user: "interrupted" (Ctrl-C) or "terminated" (SIGTERM)."""
     return "interrupted" if _state["signal"] == signal.SIGINT else "terminated"
+
+
+def stopped() -> Interrupted:
+    """The error to raise for the KeyboardInterrupt this module raised: it names the signal
+    and carries its exit code."""
+    return Interrupted(reason(), exit_code())
 
 
 @contextmanager
@@ -112,4 +128,4 @@ def _deliver_later(signum: int) -> None:
     timer.start()
 
 
-__all__ = ["callback", "exit_code", "install", "reason", "shielded"]
+__all__ = ["callback", "exit_code", "install", "reason", "shielded", "stopped"]

@@ -6,17 +6,57 @@ the answer ends at EOS or at the first blank line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
 from .errors import UsageError
 
-LENGTHS = ("short", "normal", "long")
+Choice = TypeVar("Choice", bound=Enum)
+
+
+class Length(str, Enum):
+    """How long a caption ``describe`` asks for."""
+
+    SHORT = "short"
+    NORMAL = "normal"
+    LONG = "long"
+
+
+class Style(str, Enum):
+    """What ``describe`` asks for: sentences, or comma-separated tags (for text-to-image)."""
+
+    CAPTION = "caption"
+    TAGS = "tags"
+
+
+LENGTHS = tuple(length.value for length in Length)
 DESCRIBE_QUESTIONS = {
-    "short": "Write a short, one-sentence caption for this image.",
-    "normal": "Describe this image.",
-    "long": "Describe this image in detail.",
+    Length.SHORT: "Write a short, one-sentence caption for this image.",
+    Length.NORMAL: "Describe this image.",
+    Length.LONG: "Describe this image in detail.",
 }
-DESCRIBE_MAX_TOKENS = {"short": 64, "normal": 256, "long": 512}
+DESCRIBE_MAX_TOKENS = {Length.SHORT: 64, Length.NORMAL: 256, Length.LONG: 512}
 TAGS_QUESTION = "List descriptive tags for this image, separated by commas."
+TAGS_MAX_TOKENS = 128
+ASK_MAX_TOKENS = 256  # an answer's length when nothing else says
 STOP = "\n\n"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A built-in question and the answer length that suits it."""
+
+    question: str
+    max_tokens: int
+
+
+def describe_task(style: Style | str = Style.CAPTION, length: Length | str = Length.NORMAL) -> Task:
+    """What ``describe`` asks, for a style and a caption length."""
+    if _choice(Style, style, "--style") is Style.TAGS:
+        return Task(TAGS_QUESTION, TAGS_MAX_TOKENS)
+    chosen = _choice(Length, length, "--length")
+    return Task(DESCRIBE_QUESTIONS[chosen], DESCRIBE_MAX_TOKENS[chosen])
 
 
 def question_prompt(question: str) -> str:
@@ -24,8 +64,13 @@ def question_prompt(question: str) -> str:
     return f"\n\nQuestion: {question.strip()}\n\nAnswer:"
 
 
-def describe_question(length: str) -> str:
+def describe_question(length: Length | str) -> str:
+    return describe_task(Style.CAPTION, length).question
+
+
+def _choice(kind: type[Choice], value: Choice | str, option: str) -> Choice:
     try:
-        return DESCRIBE_QUESTIONS[length]
-    except KeyError:
-        raise UsageError(f"--length must be one of {', '.join(LENGTHS)}, not {length!r}") from None
+        return kind(value)
+    except ValueError:
+        names = ", ".join(member.value for member in kind)
+        raise UsageError(f"{option} must be one of {names}, not {value!r}") from None

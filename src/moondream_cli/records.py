@@ -16,11 +16,22 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from .errors import InputError, UsageError
 
-FORMATS = ("text", "jsonl", "csv", "tsv")
+
+class Format(str, Enum):
+    """How records are written to stdout."""
+
+    TEXT = "text"
+    JSONL = "jsonl"
+    CSV = "csv"
+    TSV = "tsv"
+
+
+FORMATS = tuple(f.value for f in Format)
 # The answer comes second so that `awk -F'\t' '$2=="yes"'` filters TSV output.
 FIELDS = ("path", "answer", "question", "error", "elapsed_ms")
 
@@ -98,16 +109,16 @@ class TsvRenderer(Renderer):
         return "\t".join(escape(str(_cell(getattr(record, name)))) for name in FIELDS) + "\n"
 
 
-def renderer(fmt: str, *, single: bool = False, with_question: bool = False) -> Renderer:
-    if fmt == "text":
+def renderer(fmt: Format | str, *, single: bool = False, with_question: bool = False) -> Renderer:
+    try:
+        chosen = Format(fmt)
+    except ValueError:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}") from None
+    if chosen is Format.TEXT:
         return TextRenderer(single=single, with_question=with_question)
-    if fmt == "jsonl":
+    if chosen is Format.JSONL:
         return JsonlRenderer()
-    if fmt == "csv":
-        return CsvRenderer()
-    if fmt == "tsv":
-        return TsvRenderer()
-    raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return CsvRenderer() if chosen is Format.CSV else TsvRenderer()
 
 
 def escape(text: str) -> str:

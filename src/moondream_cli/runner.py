@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -99,7 +99,7 @@ def run(
     read_stdin: Callable[[], bytes] | None = None,
     on_text: Callable[[str], None] | None = None,
     lookahead: int = LOOKAHEAD,
-) -> Iterator[ImageResult]:
+) -> Generator[ImageResult, None, None]:
     """Yield one :class:`ImageResult` per input, in input order.
 
     ``skip(source)`` is asked before decoding (e.g. "its sidecar exists"); ``read_stdin``

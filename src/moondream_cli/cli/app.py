@@ -1,17 +1,26 @@
-"""The root `mdream` command and the process's single exit point."""
+"""The root `mdream` command and the process's single exit point.
+
+Every command raises; :func:`main` turns what it raised into one line on stderr (through
+``cli/output.py``) and the documented exit code. Ctrl-C, SIGTERM and a closed stdout are
+turned into errors too, at each command's edge (:func:`_mapped`), before Typer would turn them
+into exit codes of its own.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from .. import __version__, interrupt
-from ..errors import EXIT_USAGE, MdreamError
+from ..errors import EXIT_USAGE, MdreamError, OutputClosed
 from . import bundles, doctor, infer
+from .output import Output, silence_stdout
 
 app = typer.Typer(
     name="mdream",
@@ -46,58 +55,72 @@ def root(
     """
 
 
+def _mapped(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, with Ctrl-C/SIGTERM raised as ``Interrupted`` and a reader that went
+    away as ``OutputClosed``: Typer would otherwise exit 130 silently and 1 on EPIPE."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise interrupt.stopped() from None
+        except BrokenPipeError:
+            raise OutputClosed("the reader of stdout went away") from None
+
+    return run
+
+
+def _map_every_command(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        if info.callback is not None:
+            info.callback = _mapped(info.callback)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _map_every_command(sub.typer_instance)
+
+
 infer.register(app)
 bundles.register(app)
 doctor.register(app)
-
-
-def _error(message: str) -> None:
-    sys.stderr.write(f"mdream: error: {message}\n")
-    sys.stderr.flush()
+_map_every_command(app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map every failure to one line and one exit code."""
     debug = os.environ.get("MDREAM_DEBUG") == "1"
     interrupt.install()
+    output = Output(live=False)
     try:
         code = app(args=argv, prog_name="mdream", standalone_mode=False)
     except MdreamError as exc:
         if debug:
             traceback.print_exc()
-        _error(str(exc))
+        if isinstance(exc, OutputClosed):
+            silence_stdout()
+        output.report(exc)
         code = exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        # Inside a command Typer already turns Ctrl-C into exit 130 (and the batch runner says
-        # so); this catches it outside one, e.g. while the command line is parsed.
-        sys.stderr.write(f"mdream: {interrupt.reason()}\n")
-        code = interrupt.exit_code()
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, keep Python from complaining at exit.
-        _silence_stdout()
+    except BrokenPipeError:  # outside a command: `mdream --help | head -1`
+        silence_stdout()
         code = 0
+    except (KeyboardInterrupt, typer.Abort):
+        # Outside a command, e.g. while the command line is parsed.
+        output.report(interrupt.stopped())
+        code = interrupt.exit_code()
     except typer.exceptions.TyperException as exc:  # usage errors from the parser
         if debug:
             traceback.print_exc()
         message = exc.format_message()
         if message:
-            _error(message)
+            output.error(message)
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
-            sys.stderr.write(f"Try '{ctx.command_path} --help' for help.\n")
+            output.hint(f"Try '{ctx.command_path} --help' for help.")
         code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

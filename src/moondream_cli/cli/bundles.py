@@ -6,14 +6,13 @@ inference commands and `mdream --help` must not load it or huggingface-hub.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ..progress import Progress
+from .output import Output
 
 FETCH_EPILOG = """Examples:
 
@@ -126,7 +125,7 @@ def fetch(
     """
     from ..fetch import fetch as run_fetch
 
-    progress = make_progress(quiet)
+    progress = Output(quiet=quiet)
     with progress:
         result = run_fetch(
             recipe,
@@ -140,7 +139,7 @@ def fetch(
         )
     if result.installed is not None:
         state = "already installed" if result.already else "installed"
-        progress.say(f"{state}: {result.name} in {result.installed}")
+        progress.info(f"{state}: {result.name} in {result.installed}")
     # stdout: what was produced — the tarball's path, else the installed bundle's name.
     sys.stdout.write(f"{result.tarball if result.tarball is not None else result.name}\n")
 
@@ -156,11 +155,11 @@ def install(
     """Check a bundle tarball member by member and install it; all or nothing."""
     from ..bundle import install as run_install
 
-    progress = make_progress(quiet)
+    progress = Output(quiet=quiet)
     with progress:
         result = run_install(tarball, progress=progress, make_default=default)
     state = "already installed" if result.already else "installed"
-    progress.say(f"{state}: {result.name} in {result.path}")
+    progress.info(f"{state}: {result.name} in {result.path}")
     sys.stdout.write(f"{result.name}\n")
 
 
@@ -188,7 +187,7 @@ def verify(
     """Re-hash an installed bundle's files against its manifest (all bundles by default)."""
     from ..bundle import installed_names
     from ..bundle import verify as run_verify
-    from ..errors import EXIT_MODEL, BundleError, MdreamError
+    from ..errors import EXIT_MODEL, BundleError, Failed, MdreamError
 
     names = [name] if name else installed_names()
     if not names:
@@ -196,7 +195,7 @@ def verify(
             "no bundle is installed — run `mdream fetch` (online) "
             "or `mdream bundle install FILE.tar`"
         )
-    progress = make_progress(quiet)
+    progress = Output(quiet=quiet)
     failed = 0
     with progress:
         for each in names:
@@ -210,7 +209,7 @@ def verify(
                 continue
             sys.stdout.write(f"ok\t{each}\n")
     if failed:
-        raise typer.Exit(EXIT_MODEL)
+        raise Failed(f"{failed} of {len(names)} bundles failed verification", EXIT_MODEL)
 
 
 def export(
@@ -227,7 +226,7 @@ def export(
     """Pack an installed bundle into its portable tarball, checking every byte on the way."""
     from ..bundle import export as run_export
 
-    progress = make_progress(quiet)
+    progress = Output(quiet=quiet)
     with progress:
         path = run_export(name, output, progress)
     sys.stdout.write(f"{path}\n")
@@ -238,101 +237,4 @@ def remove(name: NameArg) -> None:
     from ..bundle import remove as run_remove
 
     path = run_remove(name)
-    sys.stderr.write(f"removed: {name} ({path})\n")
-
-
-# -- progress on stderr ----------------------------------------------------------------------
-
-
-def make_progress(quiet: bool) -> _CliProgress:
-    return _CliProgress(quiet=quiet, live=not quiet and sys.stderr.isatty())
-
-
-class _CliProgress(Progress):
-    """A rich bar per step when stderr is a terminal; one line per step otherwise."""
-
-    def __init__(self, *, quiet: bool, live: bool) -> None:
-        self.quiet, self.live = quiet, live
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _CliProgress:
-        if self.live:
-            from rich.console import Console
-            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bars
-
-            console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
-            self._bar = Bars(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                _amount_column(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-    def start(self, label: str, total: int | None = None, *, unit: str = "B") -> None:
-        if self._bar is not None:
-            self._task = self._bar.add_task(label, total=total, unit=unit)
-        elif not self.quiet:
-            sys.stderr.write(f"mdream: {label}\n")
-
-    def advance(self, amount: int) -> None:
-        if self._bar is not None and self._task is not None:
-            self._bar.advance(self._task, amount)
-
-    def update(self, done: int, total: int | None = None) -> None:
-        if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=done, total=total)
-
-    def finish(self) -> None:
-        if self._bar is not None and self._task is not None:
-            self._bar.remove_task(self._task)
-            self._task = None
-
-    def warn(self, message: str) -> None:
-        self._print(f"mdream: warning: {message}", always=True)
-
-    def info(self, message: str) -> None:
-        self._print(f"mdream: {message}")
-
-    def error(self, message: str) -> None:
-        self._print(f"mdream: error: {message}", always=True)
-
-    def say(self, message: str) -> None:
-        self._print(f"mdream: {message}")
-
-    def _print(self, line: str, *, always: bool = False) -> None:
-        if self.quiet and not always:
-            return
-        if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False)
-        else:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-
-
-def _amount_column() -> Any:
-    """Bytes as sizes and speed; other units (tensors) as done/total."""
-    from rich.progress import DownloadColumn, MofNCompleteColumn, ProgressColumn, Task
-    from rich.text import Text
-
-    class Amount(ProgressColumn):
-        def __init__(self) -> None:
-            super().__init__()
-            self._bytes, self._count = DownloadColumn(), MofNCompleteColumn()
-
-        def render(self, task: Task) -> Text:
-            if task.fields.get("unit", "B") == "B":
-                return self._bytes.render(task)
-            return self._count.render(task)
-
-    return Amount()
+    Output().info(f"removed: {name} ({path})")

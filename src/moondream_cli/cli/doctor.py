@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from ..errors import UsageError
-from .common import CpuOpt, ModelDirOpt, claim_stdout
+from .options import CpuOpt, ModelDirOpt
+from .output import claim_stdout
 
 if TYPE_CHECKING:
     from ..doctor import Report
 
-FORMATS = ("text", "json")
+
+class ReportFormat(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+
 
 EPILOG = """Examples:
 
@@ -34,9 +39,9 @@ def register(app: typer.Typer) -> None:
 
 def doctor(
     *,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="Report format: text or json.")
-    ] = "text",
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Report format.")] = (
+        ReportFormat.TEXT
+    ),
     model_dir: ModelDirOpt = None,
     no_self_check: Annotated[
         bool, typer.Option("--no-self-check", help="Skip the tiny inference under the guard.")
@@ -44,19 +49,18 @@ def doctor(
     cpu: CpuOpt = False,
 ) -> None:
     """Report versions, backend, models and a privacy self-check."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     from .. import doctor as core
+    from ..errors import Failed
 
     out = claim_stdout()  # the self-check loads a model: native prints must not reach stdout
     report = core.gather(model_dir=model_dir, self_check=not no_self_check, gpu=not cpu)
-    if fmt == "json":
+    if fmt is ReportFormat.JSON:
         out.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
         render_text(report, out)
     out.flush()
     if report.exit_code:
-        raise typer.Exit(report.exit_code)
+        raise Failed("the installation is not healthy (see the report)", report.exit_code)
 
 
 def _size(n: int | None) -> str:

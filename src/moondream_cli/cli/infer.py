@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import grammars
 from ..errors import UsageError
-from ..prompts import DESCRIBE_MAX_TOKENS, LENGTHS, TAGS_QUESTION, describe_question
-from .batch import Job, run_job
-from .common import (
-    BatchOpt,
-    CpuOpt,
-    MaxTokensOpt,
-    ModelDirOpt,
-    QuietOpt,
-    SeedOpt,
-    TemperatureOpt,
-    ThreadsOpt,
-    VerboseOpt,
-)
+from ..prompts import ASK_MAX_TOKENS, Length, Style, describe_task
+from ..settings import Settings
+from .options import with_settings
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 DESCRIBE_EPILOG = """Examples:
 
@@ -55,53 +48,10 @@ ASK_EPILOG = """Examples:
   mdream ask receipt.jpg --json-schema receipt.schema.json
 """
 
-STYLES = ("caption", "tags")
-TAGS_MAX_TOKENS = 128
-
-# -- options shared by describe and ask ------------------------------------------------------
-RecursiveOpt = Annotated[
-    bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder arguments.")
-]
-FilesFromOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--files-from",
-        help="Read image paths from FILE ('-': stdin), one per line (NUL-separated with -0).",
-        metavar="FILE",
-        show_default=False,
-    ),
-]
-NullOpt = Annotated[
-    bool, typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0).")
-]
-FormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="Output: text (default), jsonl, csv or tsv. With --sidecar and no --format: none.",
-        show_default=False,
-    ),
-]
-SidecarOpt = Annotated[
-    bool,
-    typer.Option("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
-]
-ExtOpt = Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."
-    ),
-]
-FailFastOpt = Annotated[
-    bool, typer.Option("--fail-fast", help="Stop at the first input that fails.")
-]
-
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog=DESCRIBE_EPILOG)(describe)
-    app.command(epilog=ASK_EPILOG)(ask)
+    app.command(epilog=DESCRIBE_EPILOG)(with_settings(describe))
+    app.command(epilog=ASK_EPILOG)(with_settings(ask))
 
 
 def describe(
@@ -114,65 +64,24 @@ def describe(
         ),
     ] = None,
     *,
-    length: Annotated[
-        str, typer.Option("--length", "-l", help=f"Caption length: {', '.join(LENGTHS)}.")
-    ] = "normal",
+    length: Annotated[Length, typer.Option("--length", "-l", help="Caption length.")] = (
+        Length.NORMAL
+    ),
     style: Annotated[
-        str,
+        Style,
         typer.Option(
             "--style",
             "-s",
             help="caption (sentences) or tags (comma-separated, for text-to-image).",
         ),
-    ] = "caption",
-    recursive: RecursiveOpt = False,
-    files_from: FilesFromOpt = None,
-    null: NullOpt = False,
-    fmt: FormatOpt = None,
-    sidecar: SidecarOpt = False,
-    ext: ExtOpt = ".txt",
-    overwrite: OverwriteOpt = False,
-    fail_fast: FailFastOpt = False,
-    model_dir: ModelDirOpt = None,
-    cpu: CpuOpt = False,
-    threads: ThreadsOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = 0.0,
-    seed: SeedOpt = None,
-    batch: BatchOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    ] = Style.CAPTION,
+    settings: Settings,
 ) -> None:
     """Describe each image in words (or as tags)."""
-    if style == "caption":
-        question, default_tokens = describe_question(length), DESCRIBE_MAX_TOKENS[length]
-    elif style == "tags":
-        question, default_tokens = TAGS_QUESTION, TAGS_MAX_TOKENS
-    else:
-        raise UsageError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
-    run_job(
-        Job(
-            args=list(images or []),
-            questions=[question],
-            recursive=recursive,
-            files_from=files_from,
-            null=null,
-            fmt=fmt,
-            sidecar=sidecar,
-            ext=ext,
-            overwrite=overwrite,
-            fail_fast=fail_fast,
-            quiet=quiet,
-        ),
-        model_dir=model_dir,
-        cpu=cpu,
-        threads=threads,
-        max_tokens=max_tokens or default_tokens,
-        temperature=temperature,
-        seed=seed,
-        batch=batch,
-        verbose=verbose,
-    )
+    from ..jobs import Job
+
+    task = describe_task(style, length)
+    _run(Job(tuple(images or ()), (task.question,), settings, task.max_tokens))
 
 
 def ask(
@@ -212,26 +121,11 @@ def ask(
             show_default=False,
         ),
     ] = None,
-    recursive: RecursiveOpt = False,
-    files_from: FilesFromOpt = None,
-    null: NullOpt = False,
-    fmt: FormatOpt = None,
-    sidecar: SidecarOpt = False,
-    ext: ExtOpt = ".txt",
-    overwrite: OverwriteOpt = False,
-    fail_fast: FailFastOpt = False,
-    model_dir: ModelDirOpt = None,
-    cpu: CpuOpt = False,
-    threads: ThreadsOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = 0.0,
-    seed: SeedOpt = None,
-    batch: BatchOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    settings: Settings,
 ) -> None:
     """Answer a question about each image."""
-    args = list(args or [])
+    from ..jobs import Job
+
     if choices is not None and json_schema is not None:
         raise UsageError("use --choices or --json-schema, not both")
     constraint = None
@@ -239,46 +133,51 @@ def ask(
         constraint = grammars.choices_constraint(grammars.parse_choices(choices))
     elif json_schema is not None:
         constraint = grammars.schema_constraint(json_schema)
-    if question:
-        images, questions = args, list(question)
-    elif constraint is not None and args and (len(args) == 1 or _names_an_input(args[-1])):
-        # A structured answer needs no question: ask what the schema or the choices say.
-        images, questions = args, [constraint.default_question]
-    elif not args or (len(args) < 2 and files_from is None):
-        raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
-    else:
-        images, questions = args[:-1], [args[-1]]
-        if _names_an_image(args[-1]):
-            raise UsageError(
-                f"the last argument is the question, but {args[-1]!r} is an image file — "
-                'add the question: mdream ask IMAGE... "QUESTION" (or use -q)'
-            )
-    if any(not q.strip() for q in questions):
-        raise UsageError("the question is empty")
-    run_job(
-        Job(
-            args=images,
-            questions=questions,
-            recursive=recursive,
-            files_from=files_from,
-            null=null,
-            fmt=fmt,
-            sidecar=sidecar,
-            ext=ext,
-            overwrite=overwrite,
-            fail_fast=fail_fast,
-            quiet=quiet,
-            constraint=constraint,
-        ),
-        model_dir=model_dir,
-        cpu=cpu,
-        threads=threads,
-        max_tokens=max_tokens or 256,
-        temperature=temperature,
-        seed=seed,
-        batch=batch,
-        verbose=verbose,
+    images, questions = _split_ask_args(
+        list(args or []), question, constraint, has_list=settings.files_from is not None
     )
+    _run(Job(tuple(images), tuple(questions), settings, ASK_MAX_TOKENS, constraint))
+
+
+def _split_ask_args(
+    args: list[str],
+    question: list[str] | None,
+    constraint: grammars.Constraint | None,
+    *,
+    has_list: bool,
+) -> tuple[list[str], list[str]]:
+    """(images, questions) from ``ask``'s arguments: the last one is the question, unless -q
+    gives them or a structured answer needs none."""
+    if question:
+        return args, list(question)
+    if constraint is not None and args and (len(args) == 1 or _names_an_input(args[-1])):
+        # A structured answer needs no question: ask what the schema or the choices say.
+        return args, [constraint.default_question]
+    if not args or (len(args) < 2 and not has_list):
+        raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
+    if _names_an_image(args[-1]):
+        raise UsageError(
+            f"the last argument is the question, but {args[-1]!r} is an image file — "
+            'add the question: mdream ask IMAGE... "QUESTION" (or use -q)'
+        )
+    return args[:-1], [args[-1]]
+
+
+def _run(job: Job) -> None:
+    """Run the job with stdout claimed for results and the network forbidden; exit 1 when an
+    input failed (each was reported as it failed)."""
+    from .. import guard, jobs
+    from ..engine import native
+    from ..errors import EXIT_INPUT, Failed
+    from .output import Output, claim_stdout
+
+    guard.forbid_network()
+    out = claim_stdout()
+    with Output(quiet=job.settings.quiet) as output:
+        native.set_log_writer(output.native_log)
+        outcome = jobs.run(job, out, output)
+    if outcome.failed:
+        raise Failed(f"{outcome.failed} of {outcome.seen} inputs failed", EXIT_INPUT)
 
 
 def _names_an_image(text: str) -> bool:

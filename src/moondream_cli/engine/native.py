@@ -425,7 +425,7 @@ class Chunks(Owned):
 
 # -- the process: logging, GPU, quantizing ---------------------------------------------------
 LogSink = Callable[[bytes], None]
-_logs: dict[str, Any] = {"sink": None, "callback": None}
+_logs: dict[str, Any] = {"sink": None, "callback": None, "write": None}
 
 
 @interrupt.callback
@@ -451,8 +451,20 @@ def route_logs(sink: LogSink | None) -> None:
     mt.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
 
 
+def set_log_writer(write: Callable[[str], None] | None) -> None:
+    """Where :func:`stderr_sink` writes (None: ``sys.stderr``): the CLI prints the lines
+    through its one stderr writer, above any progress bar."""
+    _logs["write"] = write
+
+
 def stderr_sink(text: bytes) -> None:
-    sys.stderr.write(text.decode("utf-8", errors="replace"))
+    """A log line to stderr, or to the writer :func:`set_log_writer` installed."""
+    decoded = text.decode("utf-8", errors="replace")
+    write = _logs["write"]
+    if write is not None:
+        write(decoded)
+        return
+    sys.stderr.write(decoded)
     sys.stderr.flush()
 
 

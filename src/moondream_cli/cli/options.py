@@ -1,0 +1,155 @@
+"""The command-line options of :class:`~moondream_cli.settings.Settings`, one per field.
+
+``describe`` and ``ask`` take every setting through :func:`with_settings`, which adds these
+options to the command's signature (so Typer parses, validates and documents them) and hands
+the command one ``settings: Settings``. Adding a setting means: the field in ``settings.py``
+and its option in :data:`SETTING_OPTIONS`, nothing else; a test holds the two to each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..records import Format
+from ..settings import Settings
+
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir",
+        "-m",
+        help="Folder with a text GGUF and an mmproj GGUF, or an installed bundle. "
+        "Default: $MDREAM_MODEL, else the installed default bundle.",
+        file_okay=False,
+        show_default=False,
+    ),
+]
+CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is available.")]
+
+# Each field of Settings, in its order, as the option that sets it.
+SETTING_OPTIONS: dict[str, Any] = {
+    "recursive": Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder arguments.")
+    ],
+    "files_from": Annotated[
+        str | None,
+        typer.Option(
+            "--files-from",
+            help="Read image paths from FILE ('-': stdin), one per line (NUL-separated with -0).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    "null": Annotated[
+        bool, typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0).")
+    ],
+    "fmt": Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. Default: text; with --sidecar and no --format, none.",
+            show_default=False,
+        ),
+    ],
+    "sidecar": Annotated[
+        bool,
+        typer.Option("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
+    ],
+    "ext": Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")],
+    "overwrite": Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."
+        ),
+    ],
+    "fail_fast": Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first input that fails.")
+    ],
+    "model_dir": ModelDirOpt,
+    "cpu": CpuOpt,
+    "threads": Annotated[
+        int | None,
+        typer.Option(
+            "--threads", "-t", min=1, help="CPU threads. Default: the number of physical cores."
+        ),
+    ],
+    "max_tokens": Annotated[
+        int | None, typer.Option("--max-tokens", "-n", min=1, help="Longest answer, in tokens.")
+    ],
+    "temperature": Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            min=0.0,
+            help="0 (default) is greedy: the same input gives the same answer.",
+        ),
+    ],
+    "seed": Annotated[
+        int | None, typer.Option("--seed", help="Sampling seed, for --temperature > 0.")
+    ],
+    "batch": Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            "-b",
+            min=1,
+            help="Images answered together (continuous batching). Default: on the CPU, as many "
+            "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~500, "
+            "else 1); on a GPU, as many as half its free memory holds.",
+            show_default=False,
+        ),
+    ],
+    "verbose": Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr."),
+    ],
+    "quiet": Annotated[
+        bool, typer.Option("--quiet", help="No progress or hints on stderr; errors only.")
+    ],
+}
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def with_settings(command: F) -> F:
+    """Give ``command`` every setting as an option; it receives them as ``settings``.
+
+    The command declares a keyword-only ``settings: Settings`` parameter; Typer sees, in its
+    place, one option per field of :class:`Settings` (defaults from the dataclass).
+    """
+    fields = dataclasses.fields(Settings)
+    missing = {f.name for f in fields} ^ set(SETTING_OPTIONS)
+    if missing:
+        raise TypeError(f"Settings fields and SETTING_OPTIONS differ: {sorted(missing)}")
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "settings"]
+    added = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
+            annotation=SETTING_OPTIONS[f.name],
+        )
+        for f in fields
+    ]
+    names = {f.name for f in fields}
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        values = {name: kwargs.pop(name) for name in names if name in kwargs}
+        command(*args, settings=Settings(**values), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    run.__annotations__ = {
+        **{k: v for k, v in command.__annotations__.items() if k != "settings"},
+        **SETTING_OPTIONS,
+    }
+    return run  # type: ignore[return-value]

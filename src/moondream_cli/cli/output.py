@@ -1,0 +1,198 @@
+"""Everything the CLI writes besides results: stdout claimed for results alone, and one
+:class:`Output` that writes every stderr line and draws every progress bar.
+
+stdout carries results only (:func:`claim_stdout`). stderr gets ``mdream: error: …``,
+``mdream: warning: …``, notes (``mdream: …``, not with ``--quiet``), llama.cpp's own lines
+under ``--verbose``, and progress. A rich bar is drawn only when stderr is a terminal and the
+command is not quiet; lines then print above it instead of tearing it. ``NO_COLOR`` is
+honoured here, once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any, TextIO
+
+from ..errors import Interrupted, MdreamError
+from ..progress import Progress
+
+
+def claim_stdout() -> TextIO:
+    """Keep fd 1 for results alone.
+
+    The real stdout is moved to a private descriptor that only mdream writes to, and fd 1
+    is pointed at stderr, so any stray C-level print from a native library can never mix
+    into the results. Returns the stream results are written to (also set as sys.stdout).
+    """
+    sys.stdout.flush()
+    private = os.dup(1)
+    os.dup2(2, 1)
+    tty = os.isatty(private)
+    binary = os.fdopen(private, "wb", buffering=0 if tty else -1)
+    stream = io.TextIOWrapper(
+        binary,
+        encoding="utf-8",
+        errors="replace",
+        newline="\n",
+        line_buffering=tty,
+        write_through=tty,
+    )
+    sys.stdout = stream
+    return stream
+
+
+def silence_stdout() -> None:
+    """The reader of stdout is gone (``| head``): send what is still buffered to /dev/null,
+    so that Python's own flush at exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+class Output(Progress):
+    """The one writer of stderr, and the progress of every long job (one step at a time)."""
+
+    def __init__(self, *, quiet: bool = False, live: bool | None = None) -> None:
+        self.quiet = quiet
+        self.live = (not quiet and _isatty(sys.stderr)) if live is None else live
+        self._bar: Any = None  # rich.progress.Progress of the running step
+        self._task: Any = None
+        self._unit = "B"
+        self._failed = 0
+        self._partial = ""  # a native log line not yet ended
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    # -- lines -----------------------------------------------------------------------------
+    def error(self, message: str) -> None:
+        self._line(f"mdream: error: {message}")
+
+    def warn(self, message: str) -> None:
+        self._line(f"mdream: warning: {message}")
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self._line(f"mdream: {message}")
+
+    def report(self, exc: MdreamError) -> None:
+        """How a command that failed tells the user why (``main`` calls it)."""
+        if exc.reported:
+            return
+        if isinstance(exc, Interrupted):
+            self._line(f"mdream: {exc.message}")
+        else:
+            self.error(str(exc))
+
+    def hint(self, text: str) -> None:
+        """A line of help after an error (``Try 'mdream describe --help'``)."""
+        self._line(text)
+
+    def native_log(self, text: str) -> None:
+        """A piece of llama.cpp's or libmtmd's log (``--verbose``), whole lines at a time."""
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed: nothing left to tell
+
+    # -- progress --------------------------------------------------------------------------
+    @property
+    def wants_total(self) -> bool:
+        return self.live
+
+    def start(self, label: str, total: int | None = None, *, unit: str = "B") -> None:
+        self.finish()
+        self._unit, self._failed = unit, 0
+        if not self.live:
+            # A line per step helps a log of a download; a folder run's lines are its errors.
+            if unit != "images":
+                self.info(label)
+            return
+        self._bar = _bar(unit)
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total, failed=0)
+
+    def advance(self, amount: int = 1, *, failed: int = 0) -> None:
+        self._failed += failed
+        if self._bar is not None:
+            self._bar.update(self._task, advance=amount, failed=self._failed)
+
+    def update(self, done: int | None = None, total: int | None = None) -> None:
+        bar, task = self._bar, self._task
+        if bar is not None:
+            bar.update(task, total=total, **({} if done is None else {"completed": done}))
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _bar(unit: str) -> Any:
+    """A rich bar on stderr. A folder run's: done/total, images per second, elapsed, ETA and
+    failures, left on screen at the end. Any other step's: its amount (sizes and speed for
+    bytes) and the time left, gone when the step ends."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bars
+    from rich.text import Text
+
+    console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.2f} img/s" if speed else "– img/s")
+
+    if unit == "images":
+        columns: list[Any] = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+        ]
+        return Bars(*columns, console=console, transient=False)
+    amount = DownloadColumn() if unit == "B" else MofNCompleteColumn()
+    columns = [TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn()]
+    return Bars(*columns, console=console, transient=True)
+
+
+__all__ = ["Output", "claim_stdout", "silence_stdout"]

@@ -1,0 +1,302 @@
+"""One describe/ask run from start to end: check it, load the model, and send every record
+where it goes (stdout in the chosen format, sidecars), with progress and notes.
+
+:class:`Job` is what to run (inputs, questions, :class:`~moondream_cli.settings.Settings`),
+checked when it is made. :func:`run` drives :func:`moondream_cli.runner.run` over it and
+returns an :class:`Outcome`; the front-end decides the exit code. Per-input failures are
+records, reported through ``progress.error`` one line each, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+from . import interrupt
+from .errors import InputError, UsageError
+from .grammars import Constraint
+from .progress import Progress
+from .records import Format, Record, Renderer, normalize_ext, renderer, sidecar_path, write_atomic
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .inputs import Source
+    from .runner import ImageResult
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to run over, what to ask, and how; usage errors (exit 2) are raised on creation.
+
+    ``max_tokens`` is the answer length when the settings set none (the question's own).
+    """
+
+    inputs: tuple[str, ...]
+    questions: tuple[str, ...]
+    settings: Settings
+    max_tokens: int
+    constraint: Constraint | None = None
+
+    def __post_init__(self) -> None:
+        s, inputs = self.settings, self.inputs
+        if not inputs and s.files_from is None:
+            raise UsageError(
+                "no images given: name files or folders, '-' for stdin, or --files-from"
+            )
+        if s.null and s.files_from is None:
+            raise UsageError("-0/--null only applies to --files-from")
+        if s.files_from == "-" and "-" in inputs:
+            raise UsageError("stdin cannot hold both an image and the --files-from list")
+        if not s.sidecar and (s.overwrite or s.ext != ".txt"):
+            raise UsageError("--overwrite and --ext only apply with --sidecar")
+        if s.sidecar and "-" in inputs:
+            raise UsageError("--sidecar needs image files: an image from stdin has nowhere to go")
+        if s.sidecar and len(self.questions) > 1:
+            raise UsageError("--sidecar holds one answer per image: ask one question at a time")
+        if any(not q.strip() for q in self.questions):
+            raise UsageError("the question is empty")
+        normalize_ext(s.ext)
+
+    @property
+    def fmt(self) -> Format | None:
+        """What stdout gets: with --sidecar the answers' home is the sidecars, stdout only
+        on request."""
+        if self.settings.fmt is None and not self.settings.sidecar:
+            return Format.TEXT
+        return self.settings.fmt
+
+    @property
+    def ext(self) -> str:
+        return normalize_ext(self.settings.ext)
+
+    @property
+    def one_image(self) -> bool:
+        """One input named on the command line, not a folder: decided from the command line,
+        never from what a folder happens to contain, so output stays predictable."""
+        s, inputs = self.settings, self.inputs
+        return s.files_from is None and len(inputs) == 1 and not os.path.isdir(inputs[0])
+
+    @property
+    def single(self) -> bool:
+        """One image and one question: the text format prints the answer alone."""
+        return self.one_image and len(self.questions) == 1
+
+    def open_list(self) -> BinaryIO | None:
+        files_from = self.settings.files_from
+        if files_from is None:
+            return None
+        if files_from == "-":
+            return sys.stdin.buffer
+        try:
+            return open(files_from, "rb")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --files-from: {exc.strerror or exc}", path=files_from
+            ) from exc
+
+
+@dataclass
+class Outcome:
+    """How a run went, for the exit code."""
+
+    seen: int = 0
+    failed: int = 0  # inputs with a failed record
+    skipped: int = 0  # inputs whose sidecar existed
+    stopped: bool = False  # --fail-fast ended it early
+
+
+def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
+    """Run ``job``: records to ``out`` (one write each, flushed), sidecars beside their
+    images, progress and notes to ``progress``. When ``out`` is a terminal and the job is one
+    image and one question in text, the answer is streamed as it is generated."""
+    # Heavy imports only now: `mdream --help` must not load llama_cpp.
+    from . import locate
+    from .engine import Engine
+    from .inputs import expand
+    from .prompts import question_prompt
+    from .runner import run as run_inputs
+
+    s = job.settings
+    fmt = job.fmt
+    render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
+    stream = job.single and job.fmt is Format.TEXT and out.isatty()
+    listing = job.open_list()
+    try:
+        sources = expand(job.inputs, recursive=s.recursive, files_from=listing, null=s.null)
+        files = locate.resolve(s.model_dir)
+        # A token is at least one byte: the longest question's prompt in bytes bounds its tokens.
+        prompt = max(len(question_prompt(q).encode("utf-8")) for q in job.questions)
+        sampling = s.sampling(job.max_tokens)
+        options = s.engine_options(
+            # One image never needs KV caches for sequences that would not be used.
+            batch=1 if job.one_image else None,
+            seq_tokens=prompt + sampling.max_tokens,
+        )
+        sink = _Sink(job, out, render, stream, progress)
+        progress.start("images", None, unit="images")
+        try:
+            with Engine(files, options) as engine:
+                _count_in_background(job, progress)
+                sink.header()
+                results = run_inputs(
+                    sources,
+                    job.questions,
+                    engine,
+                    sampling,
+                    constraint=job.constraint,
+                    skip=sink.exists,
+                    read_stdin=lambda: sys.stdin.buffer.read(),
+                    on_text=sink.text if stream else None,
+                )
+                try:
+                    sink.consume(results)
+                finally:
+                    results.close()  # before the engine goes: its generators hold the context
+        finally:
+            progress.finish()
+    finally:
+        if listing is not None and listing is not sys.stdin.buffer:
+            listing.close()
+    sink.notes()
+    out.flush()
+    return sink.outcome
+
+
+class _Sink:
+    """Where one run's results go: stdout, sidecars, progress."""
+
+    def __init__(
+        self,
+        job: Job,
+        out: TextIO,
+        render: Renderer | None,
+        stream: bool,
+        progress: Progress,
+    ) -> None:
+        self.job, self.out, self.render, self.stream = job, out, render, stream
+        self.progress = progress
+        self.outcome = Outcome()
+        self.written: set[str] = set()
+        self.ext = job.ext
+
+    def header(self) -> None:
+        if self.render is not None:
+            self.text(self.render.header())
+
+    def text(self, text: str) -> None:
+        if not text:
+            return
+        with interrupt.shielded():  # a record lands whole, or not at all
+            self.out.write(text)
+            self.out.flush()
+
+    def exists(self, source: Source) -> bool:
+        """Skip this input: its sidecar is there and may not be replaced."""
+        s = self.job.settings
+        if not s.sidecar or s.overwrite:
+            return False
+        label = source.label
+        path = sidecar_path(label, self.ext)
+        # An image whose name already ends in the sidecar suffix is not its own sidecar: it
+        # goes on, and its record will say why no sidecar can be written.
+        return path.exists() and not _same_file(path, label)
+
+    def consume(self, results: Iterator[ImageResult]) -> None:
+        outcome, progress = self.outcome, self.progress
+        for result in results:
+            outcome.seen += 1
+            if result.skipped:
+                outcome.skipped += 1
+                progress.advance(1)
+                continue
+            records = result.records
+            if self.job.settings.sidecar:
+                records = [self._write_sidecar(r) for r in records]
+            if self.render is not None:
+                if self.stream and records[0].ok:
+                    self.text("\n")  # the answer itself was streamed
+                else:
+                    self.text("".join(self.render.render(r) for r in records))
+            bad = [r for r in records if not r.ok]
+            for reason in dict.fromkeys(r.error for r in bad):
+                progress.error(f"{records[0].path}: {reason}")
+            progress.advance(1, failed=int(bool(bad)))
+            if bad:
+                outcome.failed += 1
+                if self.job.settings.fail_fast:
+                    progress.info("stopping at the first failure (--fail-fast)")
+                    outcome.stopped = True
+                    return
+
+    def notes(self) -> None:
+        outcome = self.outcome
+        if not outcome.seen:
+            self.progress.info("no images found")
+        if outcome.skipped:
+            plural = "s" if outcome.skipped != 1 else ""
+            self.progress.info(
+                f"kept {outcome.skipped} existing {self.ext} sidecar{plural}"
+                " (--overwrite replaces them)"
+            )
+
+    def _write_sidecar(self, record: Record) -> Record:
+        if not record.ok or record.answer is None:
+            return record
+        path = sidecar_path(record.path, self.ext)
+        key = os.path.realpath(path)
+        try:
+            if key == os.path.realpath(record.path):
+                raise InputError(
+                    f"the {self.ext} sidecar would replace the image itself; use --ext"
+                )
+            if key in self.written:
+                raise InputError(f"{path} was already written for another image in this run")
+            with interrupt.shielded():  # the sidecar lands whole, or not at all
+                write_atomic(path, record.answer + "\n")
+            self.written.add(key)
+        except InputError as exc:
+            return Record(record.path, record.question, None, exc.message, record.elapsed_ms)
+        return record
+
+
+def _count_in_background(job: Job, progress: Progress) -> None:
+    """Give the progress bar its total without holding up the first answer."""
+    import stat
+    import threading
+
+    from .errors import MdreamError
+    from .inputs import expand
+
+    s = job.settings
+    if not progress.wants_total:
+        return
+    if s.files_from is not None:
+        try:
+            if not stat.S_ISREG(os.stat(s.files_from).st_mode):
+                return  # stdin, a pipe, <(find …): it can be read only once, by the run itself
+        except OSError:
+            return
+
+    def count() -> None:
+        listing = open(s.files_from, "rb") if s.files_from else None  # noqa: SIM115
+        try:
+            found = expand(job.inputs, recursive=s.recursive, files_from=listing, null=s.null)
+            total = sum(1 for _ in found)
+        except (OSError, MdreamError):
+            return
+        finally:
+            if listing is not None:
+                listing.close()
+        progress.update(total=total)
+
+    threading.Thread(target=count, name="mdream-count", daemon=True).start()
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+__all__ = ["Job", "Outcome", "run"]
