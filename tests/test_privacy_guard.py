@@ -26,6 +26,8 @@ from moondream_cli.doctor import NETWORK_MODULES
 FORBIDDEN = (
     *NETWORK_MODULES,
     "moondream_cli.fetch",
+    "moondream_cli.hub",
+    "moondream_cli.sources",
     "moondream_cli.bundle",
     "moondream_cli.recipe",
     "moondream_cli.quantize",
