@@ -29,6 +29,9 @@ FORBIDDEN = (
     "moondream_cli.hub",
     "moondream_cli.sources",
     "moondream_cli.bundle",
+    "moondream_cli.bundle_install",
+    "moondream_cli.tarball",
+    "moondream_cli.staging",
     "moondream_cli.recipe",
     "moondream_cli.quantize",
 )

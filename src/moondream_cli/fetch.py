@@ -26,6 +26,8 @@ from .quantize import quantize
 from .recipe import Recipe
 from .recipe import load as load_recipe
 from .sources import Source, hash_file, local_sources
+from .staging import move_into_place, staging
+from .tarball import output_folder_or_file, pack
 
 _CHUNK = 1 << 20
 
@@ -54,7 +56,7 @@ def fetch(
     if not install and output is None:
         raise FetchError("nothing to do: --no-install needs --output")
     if output is not None:
-        output = bundle.output_folder_or_file(output)
+        output = output_folder_or_file(output)
     if output is not None and not output.is_dir() and not output.parent.is_dir():
         raise FetchError("output folder does not exist", path=str(output))
     if from_dir is not None:
@@ -72,7 +74,7 @@ def fetch(
         progress.info(f"{bundle_name} is already installed from the same files")
         if make_default:
             bundle.set_default(bundle_name)
-        tarball = bundle.pack(installed, output, progress) if output is not None else None
+        tarball = pack(installed, output, progress) if output is not None else None
         return FetchResult(bundle_name, installed, tarball, already=True)
 
     # Q4_K_M is about a third of f16; the mmproj is copied as it is.
@@ -80,9 +82,9 @@ def fetch(
     need = int(sources["text"].size * ratio) + sources["mmproj"].size
     with _workspace(install, output, bundle_name, need) as work:
         manifest = _build(work, bundle_name, chosen, sources, quant, threads, progress)
-        tarball = bundle.pack(work, output, progress) if output is not None else None
+        tarball = pack(work, output, progress) if output is not None else None
         if install:
-            bundle.move_into_place(work, installed)
+            move_into_place(work, installed)
     if install and (make_default or bundle.default_name() is None):
         bundle.set_default(manifest.name)
     return FetchResult(bundle_name, installed if install else None, tarball, already=False)
@@ -112,7 +114,7 @@ def _workspace(install: bool, output: Path | None, name: str, need: int) -> Iter
     else:
         assert output is not None
         parent = output if output.is_dir() else output.parent
-    with bundle.staging(parent, f".build-{name}-", need) as work:
+    with staging(parent, f".build-{name}-", need) as work:
         yield work
 
 
