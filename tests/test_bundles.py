@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_mdream
-from moondream_cli import bundle
+from moondream_cli import bundle, bundle_install, staging
 from moondream_cli.errors import BundleError
 from moondream_cli.fetch import fetch
 
@@ -97,7 +97,7 @@ def test_same_inputs_give_the_same_tarball_bytes(
     assert again.tarball is not None
     assert again.tarball.read_bytes() == tarball.read_bytes()
     # Installing, then exporting, gives the very same bytes back.
-    bundle.install(tarball)
+    bundle_install.install(tarball)
     exported = bundle.export(NAME, tmp_path)
     assert exported.read_bytes() == tarball.read_bytes()
     with pytest.raises(BundleError, match="cannot write"):
@@ -124,7 +124,8 @@ def test_round_trip_fetch_from_dir_install_describe(
         "import atexit, sys\n"
         "from moondream_cli.cli.app import main\n"
         "bad = ('huggingface_hub', 'moondream_cli.bundle', 'moondream_cli.fetch',"
-        " 'moondream_cli.quantize', 'moondream_cli.recipe')\n"
+        " 'moondream_cli.hub', 'moondream_cli.sources', 'moondream_cli.tarball',"
+        " 'moondream_cli.staging', 'moondream_cli.quantize', 'moondream_cli.recipe')\n"
         "atexit.register(lambda: sys.stderr.write('LOADED=' + ','.join("
         "m for m in sys.modules if m.startswith(bad)) + '\\n'))\n"
         f"main(['describe', {str(photo)!r}, '-n', '4'])\n"
@@ -142,10 +143,10 @@ def test_round_trip_fetch_from_dir_install_describe(
 
 
 def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
-    result = bundle.install(tarball)
+    result = bundle_install.install(tarball)
     assert (result.name, result.already) == (NAME, False)
     before = {p: p.stat().st_mtime_ns for p in (isolated_home / "models" / NAME).iterdir()}
-    assert bundle.install(tarball).already  # a no-op: nothing rewritten
+    assert bundle_install.install(tarball).already  # a no-op: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     listed = run_mdream("bundle", "list")
@@ -177,9 +178,9 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
 def test_a_damaged_install_is_repaired_by_installing_again(
     tarball: Path, isolated_home: Path
 ) -> None:
-    bundle.install(tarball)
+    bundle_install.install(tarball)
     (isolated_home / "models" / NAME / "mmproj-f16.gguf").unlink()
-    again = bundle.install(tarball)
+    again = bundle_install.install(tarball)
     assert not again.already
     assert (isolated_home / "models" / NAME / "mmproj-f16.gguf").is_file()
     assert [p.name for p in (isolated_home / "models").iterdir()] == [NAME]
@@ -188,7 +189,7 @@ def test_a_damaged_install_is_repaired_by_installing_again(
 def test_a_different_bundle_with_the_same_name_is_refused(
     tarball: Path, tmp_path: Path, isolated_home: Path
 ) -> None:
-    bundle.install(tarball)
+    bundle_install.install(tarball)
     items = members(tarball)
     manifest = json.loads(items[0][1])
     manifest["license"] = "changed"
@@ -197,7 +198,7 @@ def test_a_different_bundle_with_the_same_name_is_refused(
         [regular("manifest.json", json.dumps(manifest).encode()), *items[1:]],
     )
     with pytest.raises(BundleError, match="a different bundle named"):
-        bundle.install(other)
+        bundle_install.install(other)
 
 
 # -- hostile tarballs ---------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_hostile_tarball_is_refused_and_nothing_is_left(
     (isolated_home / "keep.txt").write_text("mine")
     before = tree(isolated_home)
     with pytest.raises(BundleError) as err:
-        bundle.install(path)
+        bundle_install.install(path)
     if case in HOSTILE:
         assert HOSTILE[case][1] in str(err.value)
     assert "\n" not in str(err.value)
@@ -318,16 +319,16 @@ def test_cli_refuses_hostile_tarball_with_one_line(
 def test_install_refuses_when_space_is_short(
     tarball: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bundle.shutil.disk_usage
+    real = staging.shutil.disk_usage
 
     def tiny_disk(path: os.PathLike[str] | str) -> object:
         usage = real(path)
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
     # The one stand-in: a real full disk cannot be arranged in a test.
-    monkeypatch.setattr(bundle.shutil, "disk_usage", tiny_disk)
+    monkeypatch.setattr(staging.shutil, "disk_usage", tiny_disk)
     with pytest.raises(BundleError, match="not enough free space"):
-        bundle.install(tarball)
+        bundle_install.install(tarball)
     assert tree(isolated_home) == []
 
 

@@ -26,7 +26,12 @@ from moondream_cli.doctor import NETWORK_MODULES
 FORBIDDEN = (
     *NETWORK_MODULES,
     "moondream_cli.fetch",
+    "moondream_cli.hub",
+    "moondream_cli.sources",
     "moondream_cli.bundle",
+    "moondream_cli.bundle_install",
+    "moondream_cli.tarball",
+    "moondream_cli.staging",
     "moondream_cli.recipe",
     "moondream_cli.quantize",
 )

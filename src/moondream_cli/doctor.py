@@ -183,23 +183,9 @@ def run_self_check(
         if str(exc) == locate.NO_MODEL_HINT:
             return SelfCheck("skipped", f"no model to run: {exc}")
         return SelfCheck("fail", str(exc), exit_code=exc.exit_code)
-    from . import guard
-
-    guard.forbid_network()
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
-        return SelfCheck(
-            "fail",
-            "HF_HUB_OFFLINE is not 1 under the guard",
-            files.name,
-            exit_code=NetworkAttempted.exit_code,
-        )
-    if not _guard_refuses_a_socket():
-        return SelfCheck(
-            "fail",
-            "the network guard let a test socket through",
-            files.name,
-            exit_code=NetworkAttempted.exit_code,
-        )
+    failed = _turn_the_guard_on(files.name)
+    if failed is not None:
+        return failed
     before = set(sys.modules)
     start = time.perf_counter()
     try:
@@ -215,12 +201,7 @@ def run_self_check(
             "fail", str(exc), files.name, time.perf_counter() - start, exit_code=exc.exit_code
         )
     seconds = time.perf_counter() - start
-    loaded = sorted(
-        m
-        for m in set(sys.modules) - before
-        for p in NETWORK_MODULES
-        if m == p or m.startswith(p + ".")
-    )
+    loaded = _network_code_loaded_since(before)
     if loaded:
         return SelfCheck(
             "fail",
@@ -239,6 +220,28 @@ def run_self_check(
     )
 
 
+def _turn_the_guard_on(model: str) -> SelfCheck | None:
+    """Forbid the network in this process; a failed check if the guard is not in force."""
+    from . import guard
+
+    guard.forbid_network()
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return SelfCheck(
+            "fail",
+            "HF_HUB_OFFLINE is not 1 under the guard",
+            model,
+            exit_code=NetworkAttempted.exit_code,
+        )
+    if not _guard_refuses_a_socket():
+        return SelfCheck(
+            "fail",
+            "the network guard let a test socket through",
+            model,
+            exit_code=NetworkAttempted.exit_code,
+        )
+    return None
+
+
 def _guard_refuses_a_socket() -> bool:
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -246,6 +249,16 @@ def _guard_refuses_a_socket() -> bool:
         return True
     sock.close()
     return False
+
+
+def _network_code_loaded_since(before: set[str]) -> list[str]:
+    """The network modules (`NETWORK_MODULES`) imported since ``before`` was taken."""
+    return sorted(
+        m
+        for m in set(sys.modules) - before
+        for p in NETWORK_MODULES
+        if m == p or m.startswith(p + ".")
+    )
 
 
 def _synthetic_image() -> Any:

@@ -153,7 +153,7 @@ def install(
     quiet: QuietOpt = False,
 ) -> None:
     """Check a bundle tarball member by member and install it; all or nothing."""
-    from ..bundle import install as run_install
+    from ..bundle_install import install as run_install
 
     progress = Output(quiet=quiet)
     with progress:

@@ -1,0 +1,123 @@
+"""Write a bundle folder as a deterministic tarball: what `fetch` and `bundle export` make.
+
+A bundle tarball is plain tar (GGUF does not compress): ``manifest.json`` first, then each
+file the manifest lists, in manifest order, with fixed mtimes and owners, so the same
+inputs give the same bytes. Reading one back is `bundle_install`'s job.
+Inference never imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+from typing import IO, Any
+
+from . import manifest as mf
+from .errors import BundleError, MdreamError, ModelError
+from .progress import Progress
+
+SUFFIX = ".tar"
+
+
+def tarball_name(name: str) -> str:
+    return f"{name}{SUFFIX}"
+
+
+def output_folder_or_file(out: Path) -> Path:
+    """``--output``: a path ending in ``.tar`` names the tarball; anything else is a folder,
+    created if missing (so `--output bundles/` never silently becomes a file named bundles)."""
+    if out.suffix != ".tar" and not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise BundleError(
+                f"cannot create folder: {exc.strerror or exc}", path=str(out)
+            ) from exc
+    return out
+
+
+def pack(directory: Path, out: Path, progress: Progress | None = None) -> Path:
+    """Write the bundle in ``directory`` as a deterministic tarball; ``out`` may be a folder.
+
+    Each file is hashed while it is copied: a file that no longer matches its manifest
+    entry aborts the pack and leaves no tarball behind.
+    """
+    progress = progress or Progress()
+    manifest_bytes = _read_manifest_bytes(directory)
+    manifest = mf.parse_manifest(manifest_bytes, where=str(directory / mf.MANIFEST))
+    target = out / tarball_name(manifest.name) if out.is_dir() else out
+    partial = target.with_name(target.name + ".partial")
+    total = sum(e.size for e in manifest.files)
+    progress.start(f"packing {target.name}", total)
+    try:
+        with (
+            open(partial, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            tar.addfile(_member(mf.MANIFEST, len(manifest_bytes)), _BytesReader(manifest_bytes))
+            for entry in manifest.files:
+                path = directory / entry.path
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size != entry.size:
+                        raise ModelError("size differs from the manifest", path=str(path))
+                    tar.addfile(
+                        _member(entry.path, entry.size), _HashingReader(f, digest, progress)
+                    )
+                if digest.hexdigest() != entry.sha256:
+                    raise ModelError(
+                        "sha256 differs from the manifest — run `mdream bundle verify`",
+                        path=str(path),
+                    )
+        os.replace(partial, target)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, MdreamError):
+            raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(target)) from exc
+        raise
+    finally:
+        progress.finish()
+    return target
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else self._pos + n
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return chunk
+
+
+class _HashingReader:
+    def __init__(self, f: IO[bytes], digest: Any, progress: Progress) -> None:
+        self._f, self._digest, self._progress = f, digest, progress
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._digest.update(chunk)
+        self._progress.advance(len(chunk))
+        return chunk
+
+
+def _read_manifest_bytes(directory: Path) -> bytes:
+    path = directory / mf.MANIFEST
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read manifest: {exc.strerror or exc}", path=str(path)) from exc
