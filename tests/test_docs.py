@@ -111,3 +111,23 @@ def test_every_test_the_readmes_cite_exists_and_is_collected_by_pytest() -> None
     collected = {line.split("[")[0] for line in run.stdout.splitlines() if "::" in line}
     missing = [c for c in wanted if c not in collected]
     assert not missing, f"cited tests that pytest does not collect: {missing}"
+
+
+# `bench/README.md, "KV cells"`, in a comment or docstring, possibly wrapped over two lines.
+POINTER = re.compile(r'bench/README\.md, "([^"]+)"')
+
+
+def test_every_pointer_into_bench_readme_names_one_of_its_headings() -> None:
+    """Comments say why briefly and point at the measurement by its heading; a heading renamed
+    or a section moved must not leave them pointing at nothing."""
+    bench_readme = (ROOT / "bench/README.md").read_text()
+    headings = {h.strip() for h in re.findall(r"^#+ (.+)$", bench_readme, re.MULTILINE)}
+    sources = [*ROOT.glob("src/**/*.py"), *ROOT.glob("bench/*")]
+    pointers = []
+    for path in sorted(p for p in sources if p.suffix in {".py", ".sh", ".h"}):
+        # A wrapped pointer: join its lines, dropping indentation and comment leaders.
+        text = re.sub(r"\s*\n\s*(?:#|\*(?!/))?\s*", " ", path.read_text())
+        pointers += [(path.relative_to(ROOT).as_posix(), h) for h in POINTER.findall(text)]
+    assert len(pointers) >= 5, "no pointers found: has the pattern broken?"
+    wrong = [p for p in pointers if p[1] not in headings]
+    assert not wrong, f"pointers to headings bench/README.md does not have: {wrong}"
