@@ -1,5 +1,5 @@
 /* Force-included (CXXFLAGS="-include bench/amx_tilecfg_fix.h") into a llama-cpp-python build
- * to try ggml's AMX kernels on GCC 12: see README "Performance", "No AMX kernels".
+ * to try ggml's AMX kernels on GCC 12: see bench/README.md, "AMX".
  *
  * GCC 12's _tile_loadconfig (amxtileintrin.h) hands ldtilecfg its 64-byte operand as
  * `*(const void **)config`, 8 bytes, so the compiler deletes the stores that fill in the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 (README "Performance", GPU), prepared for a session that is lent a
+# The GPU checks of issue 6 (bench/README.md, "GPU"), prepared for a session that is lent a
 # CUDA machine through the device tool: that machine reaches no package registry and holds a
 # lease of minutes, so everything it needs comes from a kit packed here first:
 #   make device-kit                           # .device/: trimmed llama-cpp-python sdist, wheels

@@ -76,7 +76,7 @@ def main() -> int:
         "--extra-bufts",
         action="store_true",
         help="load with llama.cpp's extra buffer types (AMX) even on AMX CPUs, where mdream "
-        "does not: needs a build with bench/amx_tilecfg_fix.h (README)",
+        'does not: needs a build with bench/amx_tilecfg_fix.h (bench/README.md, "AMX")',
     )
     # mdream's CPU defaults for a lone image
     from moondream_cli.engine import CPU_UBATCH, EngineOptions, cpu_kv_cells

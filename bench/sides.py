@@ -86,8 +86,8 @@ def naive_cold(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _same_weight_placement(llama_cpp: Any, gpu: bool) -> None:
     """Load weights as mdream does: on AMX CPUs, without the extra buffer types whose AMX
-    kernels segfault in a GCC 12 build (llama.cpp #20824; README). `Llama` has no parameter
-    for it."""
+    kernels segfault in a GCC 12 build (llama.cpp #20824; bench/README.md, "AMX"). `Llama`
+    has no parameter for it."""
     from moondream_cli.engine import cpu_has_amx
 
     if gpu or not cpu_has_amx():
