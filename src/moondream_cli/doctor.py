@@ -135,11 +135,9 @@ def _home_source() -> str:
 
 def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, ...]]:
     try:
-        import llama_cpp
-
         from .engine import native
 
-        native.route_logs_to_stderr(False)
+        native.route_logs_to_stderr(False)  # loads llama.cpp
     except Exception as exc:  # a broken build is exactly what doctor must report
         problems.append(f"llama-cpp-python cannot be loaded: {exc}")
         return None, "unavailable", False, ()
@@ -148,11 +146,11 @@ def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, 
     if not offload:
         backend = "CPU"
     else:
-        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        info = native.system_info()
         names = [d.name.rstrip("0123456789") for d in devices]
         known = [b for b in ("CUDA", "Metal", "Vulkan", "SYCL", "ROCm", "HIP") if b + " :" in info]
         backend = (names or known or ["GPU"])[0]
-    return str(getattr(llama_cpp, "__version__", "unknown")), backend, offload, devices
+    return native.version(), backend, offload, devices
 
 
 def _bundle_states(problems: list[str]) -> list[BundleState]:

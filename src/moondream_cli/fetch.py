@@ -163,7 +163,7 @@ def _build(
 
 
 def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dict[str, Any]:
-    import llama_cpp
+    from .engine import native
 
     from_hub = any(s.commit for s in sources.values())
     source: dict[str, Any] = {
@@ -187,7 +187,7 @@ def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dic
     return {
         "source": source,
         "quantization": {"text": quant, "mmproj": "F16"},
-        "llama_cpp_python": str(getattr(llama_cpp, "__version__", "unknown")),
+        "llama_cpp_python": native.version(),
         "license": recipe.license if recipe else "unknown",
         "created_by": f"mdream {__version__}",
     }

@@ -5,7 +5,7 @@
 - :mod:`.runtime`: loading, and the evaluation steps both paths share; :class:`Timings`.
 - :mod:`.plan`: hardware probing and KV/batch sizing, as pure functions.
 - :mod:`.stream`: sampled tokens → text, and the stop rules.
-- :mod:`.native`: the only module that touches ctypes; one small owner per C object.
+- :mod:`.native`: the only code that touches ctypes; one small owner per C object.
 """
 
 from __future__ import annotations

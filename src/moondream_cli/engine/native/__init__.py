@@ -1,0 +1,62 @@
+"""The one place that touches ctypes: llama.cpp's and libmtmd's C objects, each owned by one
+small Python object that frees it.
+
+Every class here holds one C object, frees it in ``close()`` (and on leaving a ``with``
+block), and raises :class:`RuntimeError` when it is used after that, instead of handing C a
+dangling pointer. Failures of the library calls are ``MdreamError``\\ s. ``llama_cpp`` is
+imported on first use, so importing this package (``mdream --help``) loads no native code.
+
+    with Batch(n) as batch:
+        batch.add(token, pos, seq, logits=True)
+        context.decode(batch)
+
+- :mod:`.text`: the text model, its context (KV cache, logits), batches, samplers;
+- :mod:`.vision`: the mmproj and the chunks of a prompt with an image;
+- :mod:`.system`: log routing, the GPU, the quantizer.
+"""
+
+from __future__ import annotations
+
+from .system import (
+    Device,
+    LogSink,
+    gpu_devices,
+    gpu_free_bytes,
+    gpu_offload,
+    quantize,
+    route_logs,
+    route_logs_to_stderr,
+    set_log_writer,
+    stderr_sink,
+    system_info,
+    version,
+)
+from .text import Batch, Context, ContextParams, Model, Owned, Sampler, flash_attn_type, llama
+from .vision import Chunk, Chunks, Projector, mtmd
+
+__all__ = [
+    "Batch",
+    "Chunk",
+    "Chunks",
+    "Context",
+    "ContextParams",
+    "Device",
+    "LogSink",
+    "Model",
+    "Owned",
+    "Projector",
+    "Sampler",
+    "flash_attn_type",
+    "gpu_devices",
+    "gpu_free_bytes",
+    "gpu_offload",
+    "llama",
+    "mtmd",
+    "quantize",
+    "route_logs",
+    "route_logs_to_stderr",
+    "set_log_writer",
+    "stderr_sink",
+    "system_info",
+    "version",
+]

@@ -1,0 +1,281 @@
+"""llama.cpp's text side: the model and its vocabulary, the context (KV cache, logits), a
+batch of tokens, a sampler chain. Each class owns its C object (:class:`Owned`)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...errors import InputError, ModelError, UsageError
+
+_loaded: dict[str, Any] = {}
+
+OwnedT = TypeVar("OwnedT", bound="Owned")
+
+
+def llama() -> Any:
+    """``llama_cpp``, its backend initialised once per process."""
+    if "llama" not in _loaded:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        _loaded["llama"] = llama_cpp
+    return _loaded["llama"]
+
+
+class Owned:
+    """One C object and the function that frees it."""
+
+    _what = "native object"
+
+    def __init__(self, ptr: Any, free: Callable[[Any], None]) -> None:
+        self._ptr = ptr
+        self._free: Callable[[Any], None] | None = free
+
+    @property
+    def ptr(self) -> Any:
+        if self._ptr is None:
+            raise RuntimeError(f"{self._what} used after close()")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def close(self) -> None:
+        if self._ptr is not None and self._free is not None:
+            self._free(self._ptr)
+        self._ptr = None
+
+    def __enter__(self: OwnedT) -> OwnedT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the text model and its context ----------------------------------------------------------
+class Model(Owned):
+    """A loaded text GGUF (``llama_model``) and its vocabulary."""
+
+    _what = "text model"
+
+    def __init__(self, path: Path, *, gpu: bool, extra_bufts: bool = True) -> None:
+        ll = llama()
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = 999 if gpu else 0
+        params.use_extra_bufts = extra_bufts
+        ptr = ll.llama_model_load_from_file(os.fsencode(path), params)
+        if not ptr:
+            raise ModelError(
+                "cannot load the text model (run with --verbose for llama.cpp's reason)",
+                path=str(path),
+            )
+        super().__init__(ptr, ll.llama_model_free)
+        self._vocab = ll.llama_model_get_vocab(ptr)
+        self.n_layer = int(ll.llama_model_n_layer(ptr))
+        self.n_embd = int(ll.llama_model_n_embd(ptr))
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        self.bos = int(ll.llama_vocab_bos(self._vocab))
+        self.eos = int(ll.llama_vocab_eos(self._vocab))
+
+    @property
+    def vocab(self) -> Any:
+        self.ptr  # noqa: B018 -- raises once the model is freed, with its vocabulary
+        return self._vocab
+
+    def tokenize(self, text: str) -> list[int]:
+        """``text``'s tokens; never control tokens (``parse_special`` off), so a question
+        can never smuggle one in."""
+        ll = llama()
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (ll.llama_token * capacity)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, False)
+        if n < 0:
+            raise InputError("question could not be tokenized")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        ll = llama()
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama().llama_vocab_is_eog(self.vocab, token))
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int  # KV cells in all, over every sequence
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    flash_attn: bool | None  # None: llama.cpp decides
+    threads: int
+
+
+class Context(Owned):
+    """A ``llama_context``: the KV cache, one stream per sequence, and the logits."""
+
+    _what = "llama.cpp context"
+
+    def __init__(self, model: Model, params: ContextParams) -> None:
+        ll = llama()
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_ubatch
+        cparams.n_seq_max = params.n_seq_max
+        # Each sequence gets its own KV stream, so a batched sequence computes exactly what
+        # the same sequence computes alone.
+        cparams.kv_unified = False
+        cparams.flash_attn_type = flash_attn_type(params.flash_attn)
+        cparams.n_threads = params.threads
+        cparams.n_threads_batch = params.threads
+        cparams.no_perf = True
+        ptr = ll.llama_init_from_model(model.ptr, cparams)
+        if not ptr:
+            raise ModelError("cannot create a llama.cpp context")
+        super().__init__(ptr, ll.llama_free)
+        self.n_vocab = model.n_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return int(llama().llama_n_ctx(self.ptr))
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return int(llama().llama_n_ctx_seq(self.ptr))
+
+    @property
+    def n_ubatch(self) -> int:
+        return int(llama().llama_n_ubatch(self.ptr))
+
+    def decode(self, batch: Batch) -> None:
+        rc = llama().llama_decode(self.ptr, batch.filled())
+        if rc != 0:
+            raise InputError(f"llama.cpp could not decode (code {rc})")
+
+    def clear(self) -> None:
+        """Empty the KV cache of every sequence."""
+        ll = llama()
+        ll.llama_memory_clear(ll.llama_get_memory(self.ptr), True)
+
+    def remove(self, seq: int, start: int, end: int = -1) -> None:
+        """Drop positions [start, end) of ``seq`` (end -1: to its end)."""
+        ll = llama()
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self.ptr), seq, start, end)
+
+    def logits(self, index: int) -> memoryview:
+        """The next-token logits of output row ``index`` (-1: the last), valid until the next
+        decode."""
+        ptr = llama().llama_get_logits_ith(self.ptr, index)
+        row = (ctypes.c_float * self.n_vocab).from_address(ctypes.addressof(ptr.contents))
+        return memoryview(row)
+
+
+def flash_attn_type(on: bool | None) -> int:
+    ll = llama()
+    if on is None:
+        return int(ll.LLAMA_FLASH_ATTN_TYPE_AUTO)
+    return int(ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+
+
+class Batch(Owned):
+    """A ``llama_batch`` of up to ``capacity`` tokens, each in one sequence."""
+
+    _what = "llama_batch"
+
+    def __init__(self, capacity: int) -> None:
+        ll = llama()
+        super().__init__(ll.llama_batch_init(capacity, 0, 1), ll.llama_batch_free)
+        self.capacity = capacity
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, *, logits: bool = False) -> int:
+        """Append ``token`` at ``pos`` of ``seq``; return its row (``logits`` asks for that
+        row's logits after the decode)."""
+        if self.n >= self.capacity:
+            raise RuntimeError(f"llama_batch full ({self.capacity} tokens)")
+        batch, i = self.ptr, self.n
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+        self.n += 1
+        return i
+
+    def add_run(self, tokens: list[int], pos: int, seq: int, *, logits: bool = True) -> int:
+        """Append ``tokens`` at consecutive positions from ``pos`` (``logits``: for the last
+        one); return the last one's row."""
+        row = -1
+        for j, token in enumerate(tokens):
+            row = self.add(token, pos + j, seq, logits=logits and j == len(tokens) - 1)
+        return row
+
+    def seqs(self) -> list[int]:
+        """The sequence of each token, in order."""
+        batch = self.ptr
+        return [int(batch.seq_id[i][0]) for i in range(self.n)]
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def filled(self) -> Any:
+        batch = self.ptr
+        batch.n_tokens = self.n
+        return batch
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Sampler(Owned):
+    """A sampler chain: optional grammar, optional EOS ban, then greedy or seeded sampling."""
+
+    _what = "sampler"
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        grammar: str | None = None,
+        ban_eos: bool = False,
+    ) -> None:
+        ll = llama()
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        super().__init__(chain, ll.llama_sampler_free)
+        add = ll.llama_sampler_chain_add
+        if grammar is not None:
+            rule = ll.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+            if not rule:
+                self.close()
+                raise UsageError("the answer grammar is invalid")
+            add(chain, rule)
+        if ban_eos:
+            bias = (ll.llama_logit_bias * 1)()
+            bias[0].token = model.eos
+            bias[0].bias = float("-inf")
+            add(chain, ll.llama_sampler_init_logit_bias(model.n_vocab, 1, bias))
+        if temperature > 0:
+            add(chain, ll.llama_sampler_init_top_k(40))
+            add(chain, ll.llama_sampler_init_top_p(0.95, 1))
+            add(chain, ll.llama_sampler_init_temp(temperature))
+            add(chain, ll.llama_sampler_init_dist(0xFFFFFFFF if seed is None else seed))
+        else:
+            add(chain, ll.llama_sampler_init_greedy())
+
+    def sample(self, context: Context, index: int) -> int:
+        return int(llama().llama_sampler_sample(self.ptr, context.ptr, index))

@@ -1,0 +1,70 @@
+"""The layout rules a newcomer relies on, checked on the source itself: which modules may
+import what, and how long a module or a function may grow."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "moondream_cli"
+MAX_MODULE_LINES = 400
+MAX_BODY_LINES = 60  # a function's body; a Typer command's signature lists its options
+
+
+def _modules() -> Iterator[tuple[str, ast.Module, int]]:
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        yield path.relative_to(SRC).as_posix(), ast.parse(text), len(text.splitlines())
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("library", "allowed"),
+    [
+        ("ctypes", ("engine/native/",)),
+        ("typer", ("cli/",)),
+        ("rich", ("cli/",)),
+        # Besides the engine's native objects, grammars uses llama_cpp's pure-Python
+        # JSON-schema converter.
+        ("llama_cpp", ("engine/native/", "grammars.py")),
+        ("huggingface_hub", ("hub.py",)),
+    ],
+)
+def test_a_library_is_imported_only_where_it_belongs(library: str, allowed: tuple[str]) -> None:
+    offenders = [
+        name
+        for name, tree, _ in _modules()
+        if library in _imports(tree) and not name.startswith(allowed)
+    ]
+    assert offenders == []
+
+
+def test_every_module_reads_in_one_sitting() -> None:
+    long = {name: n for name, _, n in _modules() if n > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def test_no_function_body_is_longer_than_a_screen() -> None:
+    long = {}
+    for name, tree, _ in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[0]
+                if isinstance(body, ast.Expr) and isinstance(body.value, ast.Constant):
+                    body = node.body[1] if len(node.body) > 1 else body  # skip the docstring
+                lines = (node.end_lineno or node.lineno) - body.lineno + 1
+                if lines > MAX_BODY_LINES:
+                    long[f"{name}:{node.name}"] = lines
+    assert long == {}
