@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -318,14 +319,14 @@ def test_cli_refuses_hostile_tarball_with_one_line(
 def test_install_refuses_when_space_is_short(
     tarball: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bundle.shutil.disk_usage
+    real = shutil.disk_usage
 
     def tiny_disk(path: os.PathLike[str] | str) -> object:
         usage = real(path)
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
     # The one stand-in: a real full disk cannot be arranged in a test.
-    monkeypatch.setattr(bundle.shutil, "disk_usage", tiny_disk)
+    monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
     with pytest.raises(BundleError, match="not enough free space"):
         bundle.install(tarball)
     assert tree(isolated_home) == []

@@ -67,7 +67,9 @@ def test_installed_bundle_is_verified_and_the_self_check_passes(
     assert run.stderr == b""
     report = _json(run)
     assert report["default_bundle"] == "tiny"
-    (bundle,) = report["bundles"]  # type: ignore[misc]
+    bundles = report["bundles"]
+    assert isinstance(bundles, list)
+    (bundle,) = bundles
     assert bundle["name"] == "tiny" and bundle["state"] == "verified" and bundle["default"]
     check = report["self_check"]
     assert isinstance(check, dict)
@@ -98,7 +100,9 @@ def test_broken_bundle_is_a_problem_and_exit_3(isolated_home: Path, tiny_model: 
     run = run_mdream("doctor", "--format", "json", "--no-self-check")
     assert run.returncode == 3, run.stderr.decode()
     report = _json(run)
-    (bundle,) = report["bundles"]  # type: ignore[misc]
+    bundles = report["bundles"]
+    assert isinstance(bundles, list)
+    (bundle,) = bundles
     assert bundle["state"] == "broken" and "differs from the manifest" in bundle["detail"]
     assert report["healthy"] is False
     assert report["self_check"] == {
@@ -149,17 +153,17 @@ def test_self_check_fails_with_exit_4_when_inference_touches_the_network(
 def test_gpu_list_matches_the_build() -> None:
     import llama_cpp
 
-    from moondream_cli import doctor
+    from moondream_cli.engine import native
 
     llama_cpp.llama_backend_init()
     lib = Path(llama_cpp.__file__).parent / "lib"
-    devices = doctor.gpu_devices(lib)
+    devices = native.gpu_devices(lib)
     if not llama_cpp.llama_supports_gpu_offload():
         assert devices == ()  # the CPU device is not a GPU
     for d in devices:
         assert not d.name.upper().startswith("CPU") and d.description
         assert d.total_bytes is None or (d.free_bytes or 0) <= d.total_bytes
-    assert doctor.gpu_devices(lib.parent / "no-such-dir") == ()
+    assert native.gpu_devices(lib.parent / "no-such-dir") == ()
 
 
 @pytest.mark.parametrize("bad", ["yaml", "JSON"])

@@ -13,6 +13,7 @@ import moondream_gguf
 from conftest import ROOT, run_mdream
 from hub_server import COMMIT, HubState, serve
 from moondream_cli import recipe as recipes
+from moondream_cli.errors import BundleError
 
 REPO = "mdream-test/tiny-moondream"
 
@@ -213,7 +214,7 @@ def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_pa
     body.update(change)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(body))
-    with pytest.raises(recipes.BundleError, match=message):
+    with pytest.raises(BundleError, match=message):
         recipes.load(str(path))
 
 
