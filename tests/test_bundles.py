@@ -105,6 +105,7 @@ def test_same_inputs_give_the_same_tarball_bytes(
         bundle.export(NAME, tmp_path / "no-such-folder" / "x.tar")
 
 
+@pytest.mark.slow
 def test_round_trip_fetch_from_dir_install_describe(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
@@ -142,6 +143,7 @@ def test_round_trip_fetch_from_dir_install_describe(
     assert described.stderr.decode() == "LOADED=\n"
 
 
+@pytest.mark.slow
 def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     result = bundle.install(tarball)
     assert (result.name, result.already) == (NAME, False)
@@ -302,6 +304,7 @@ def test_hostile_tarball_is_refused_and_nothing_is_left(
     assert not (tmp_path / "escaped.gguf").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["traversal", "flipped byte", "not a tar", "truncated"])
 def test_cli_refuses_hostile_tarball_with_one_line(
     case: str, tarball: Path, tmp_path: Path, isolated_home: Path
@@ -352,6 +355,7 @@ def test_every_bundle_command_has_help_and_examples(command: list[str]) -> None:
     assert f"mdream {' '.join(command)}" in result.output
 
 
+@pytest.mark.slow
 def test_verify_with_nothing_installed_says_what_to_do() -> None:
     result = run_mdream("bundle", "verify")
     assert result.returncode == 3

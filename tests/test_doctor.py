@@ -37,6 +37,7 @@ def _json(run: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
     return data
 
 
+@pytest.mark.slow
 def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Path) -> None:
     import llama_cpp
 
@@ -58,6 +59,7 @@ def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Pat
     assert report["healthy"] is True
 
 
+@pytest.mark.slow
 def test_installed_bundle_is_verified_and_the_self_check_passes(
     isolated_home: Path, tiny_model: Path
 ) -> None:
@@ -79,6 +81,7 @@ def test_installed_bundle_is_verified_and_the_self_check_passes(
     assert 0 < check["seconds"] < 60
 
 
+@pytest.mark.slow
 def test_text_report_names_backend_bundle_state_and_self_check(
     isolated_home: Path, tiny_model: Path
 ) -> None:
@@ -94,6 +97,7 @@ def test_text_report_names_backend_bundle_state_and_self_check(
     assert lines["healthy"] == "yes"
 
 
+@pytest.mark.slow
 def test_broken_bundle_is_a_problem_and_exit_3(isolated_home: Path, tiny_model: Path) -> None:
     directory = install_bundle(isolated_home, tiny_model)
     next(directory.glob("*mmproj*.gguf")).write_bytes(b"GGUF truncated")
@@ -114,6 +118,7 @@ def test_broken_bundle_is_a_problem_and_exit_3(isolated_home: Path, tiny_model: 
     }
 
 
+@pytest.mark.slow
 def test_self_check_fails_with_exit_4_when_inference_touches_the_network(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -166,6 +171,7 @@ def test_gpu_list_matches_the_build() -> None:
     assert native.gpu_devices(lib.parent / "no-such-dir") == ()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["yaml", "JSON"])
 def test_unknown_format_is_a_usage_error(bad: str) -> None:
     run = run_mdream("doctor", "--format", bad)
@@ -174,6 +180,7 @@ def test_unknown_format_is_a_usage_error(bad: str) -> None:
     assert b"--format must be one of text, json" in run.stderr
 
 
+@pytest.mark.slow
 def test_help_has_a_summary_and_examples() -> None:
     run = run_mdream("doctor", "--help")
     assert run.returncode == 0

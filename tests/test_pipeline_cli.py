@@ -20,6 +20,8 @@ import pytest
 from conftest import ROOT, Arg, run_mdream
 from pipelines_helpers import CORRUPT, GOOD_TOP, SCHEMA, make_folder, make_many
 
+pytestmark = pytest.mark.slow  # every test runs `mdream` in a child process
+
 FAST = (
     "-n",
     "6",
