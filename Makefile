@@ -35,9 +35,11 @@ system-deps:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace util-linux; }
 
+# Everything but the tests marked slow (child processes, strace, signals): seconds, not minutes.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# mypy checks what [tool.mypy] files names in pyproject.toml: src and tests, strict.
 lint: install
 	$(PY) -m ruff check src tests scripts bench
 	$(PY) -m ruff format --check src tests scripts bench

@@ -97,12 +97,12 @@ def write_mmproj_q8(dst: Path, shape: Any) -> None:
             super().add_tensor(name, tensor, *args, **kwargs)
 
     partial = dst.with_name(dst.name + ".partial")
-    real = moondream_gguf.gguf.GGUFWriter
-    moondream_gguf.gguf.GGUFWriter = Q8Writer  # type: ignore[misc]
+    real = gguf.GGUFWriter
+    gguf.GGUFWriter = Q8Writer  # type: ignore[misc]
     try:
         moondream_gguf.write_mmproj(partial, shape, 1)  # write_pair's mmproj seed
     finally:
-        moondream_gguf.gguf.GGUFWriter = real  # type: ignore[misc]
+        gguf.GGUFWriter = real  # type: ignore[misc]
     partial.replace(dst)
 
 

@@ -189,8 +189,8 @@ def prepare_reference(size: str, text: Path, mmproj: Path, ref: Path | None = No
             super().add_tensor(name, np.asarray(data, np.float32).reshape(tensor.shape))
 
     shape = moondream_gguf.SHAPES[size]
-    real = moondream_gguf.gguf.GGUFWriter
-    moondream_gguf.gguf.GGUFWriter = Widened  # type: ignore[misc]
+    real = gguf.GGUFWriter
+    gguf.GGUFWriter = Widened  # type: ignore[misc]
     try:
         for src_path, write, name in (
             (text, moondream_gguf.write_text_model, "text-f32.gguf"),
@@ -199,7 +199,7 @@ def prepare_reference(size: str, text: Path, mmproj: Path, ref: Path | None = No
             stored = {tensor.name: tensor for tensor in gguf.GGUFReader(str(src_path)).tensors}
             write(ref / name, shape)
     finally:
-        moondream_gguf.gguf.GGUFWriter = real  # type: ignore[misc]
+        gguf.GGUFWriter = real  # type: ignore[misc]
     (ref / ".done").write_text("ok\n")
     log(f"  done in {time.perf_counter() - t:.1f} s")
     return ref

@@ -7,13 +7,18 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image, ImageDraw
 
 import moondream_gguf
 
+if TYPE_CHECKING:
+    from moondream_cli import Moondream
+
 ROOT = Path(__file__).resolve().parent.parent
+Arg = str | os.PathLike[str]  # one command-line argument, as run_mdream takes them
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +46,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def md(tiny_model: Path) -> Iterator[object]:
+def md(tiny_model: Path) -> Iterator[Moondream]:
     """One loaded Moondream on the tiny pair, shared by the API tests."""
     from moondream_cli import Moondream
     from moondream_cli.settings import Settings
@@ -69,7 +74,7 @@ def photo(tmp_path: Path) -> Path:
 
 
 def run_mdream(
-    *args: str | os.PathLike[str],
+    *args: Arg,
     input: bytes | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
@@ -98,5 +103,5 @@ def mdream() -> object:
     return run_mdream
 
 
-def argv(*parts: str | os.PathLike[str]) -> Sequence[str]:
+def argv(*parts: Arg) -> Sequence[str]:
     return [str(p) for p in parts]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_mdream
-from moondream_cli import bundle, bundle_install, staging
+from moondream_cli import bundle, bundle_install
 from moondream_cli.errors import BundleError
 from moondream_cli.fetch import fetch
 
@@ -104,6 +105,7 @@ def test_same_inputs_give_the_same_tarball_bytes(
         bundle.export(NAME, tmp_path / "no-such-folder" / "x.tar")
 
 
+@pytest.mark.slow
 def test_round_trip_fetch_from_dir_install_describe(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
@@ -142,6 +144,7 @@ def test_round_trip_fetch_from_dir_install_describe(
     assert described.stderr.decode() == "LOADED=\n"
 
 
+@pytest.mark.slow
 def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     result = bundle_install.install(tarball)
     assert (result.name, result.already) == (NAME, False)
@@ -302,6 +305,7 @@ def test_hostile_tarball_is_refused_and_nothing_is_left(
     assert not (tmp_path / "escaped.gguf").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["traversal", "flipped byte", "not a tar", "truncated"])
 def test_cli_refuses_hostile_tarball_with_one_line(
     case: str, tarball: Path, tmp_path: Path, isolated_home: Path
@@ -319,14 +323,14 @@ def test_cli_refuses_hostile_tarball_with_one_line(
 def test_install_refuses_when_space_is_short(
     tarball: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = staging.shutil.disk_usage
+    real = shutil.disk_usage
 
     def tiny_disk(path: os.PathLike[str] | str) -> object:
         usage = real(path)
         return type(usage)(usage.total, usage.total - 1000, 1000)
 
     # The one stand-in: a real full disk cannot be arranged in a test.
-    monkeypatch.setattr(staging.shutil, "disk_usage", tiny_disk)
+    monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
     with pytest.raises(BundleError, match="not enough free space"):
         bundle_install.install(tarball)
     assert tree(isolated_home) == []
@@ -352,6 +356,7 @@ def test_every_bundle_command_has_help_and_examples(command: list[str]) -> None:
     assert f"mdream {' '.join(command)}" in result.output
 
 
+@pytest.mark.slow
 def test_verify_with_nothing_installed_says_what_to_do() -> None:
     result = run_mdream("bundle", "verify")
     assert result.returncode == 3

@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 import moondream_gguf
 from conftest import run_mdream
+
+pytestmark = pytest.mark.slow  # runs `mdream` in a child process
 
 # Jinja that would fail loudly, or leak into the prompt, if anything rendered it.
 HOSTILE = "{{ raise_exception('the embedded chat template was executed') }}LEAKED-TEMPLATE"

@@ -12,6 +12,8 @@ from conftest import ROOT, run_mdream
 from moondream_cli import Moondream
 from moondream_cli.engine import Sampling
 
+pytestmark = pytest.mark.slow  # every test runs `mdream` in a child process
+
 
 def test_describe_stdout_is_exactly_the_api_answer(
     md: Moondream, tiny_model: Path, photo: Path

@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import moondream_gguf
+
+pytestmark = pytest.mark.slow  # children interrupted by real signals
 
 ROOT = Path(__file__).resolve().parent.parent
 

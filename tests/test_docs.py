@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import typer.main
@@ -14,9 +16,19 @@ import typer.main
 from moondream_cli.cli.app import app
 
 
-def _commands():  # type: ignore[no-untyped-def]
+class Documented(Protocol):
+    """What these tests read of a Click command (Click's own, or the copy newer typers vendor)."""
+
+    @property
+    def help(self) -> str | None: ...
+    @property
+    def epilog(self) -> str | None: ...
+
+
+def _commands() -> Iterator[tuple[str, Documented]]:
+    """Every leaf command with its full name ("mdream bundle install")."""
     root = typer.main.get_command(app)
-    stack = [("mdream", root)]
+    stack: list[tuple[str, Documented]] = [("mdream", root)]
     while stack:
         name, cmd = stack.pop()
         subs = getattr(cmd, "commands", None)

@@ -37,6 +37,7 @@ def _json(run: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
     return data
 
 
+@pytest.mark.slow
 def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Path) -> None:
     import llama_cpp
 
@@ -58,6 +59,7 @@ def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Pat
     assert report["healthy"] is True
 
 
+@pytest.mark.slow
 def test_installed_bundle_is_verified_and_the_self_check_passes(
     isolated_home: Path, tiny_model: Path
 ) -> None:
@@ -67,7 +69,9 @@ def test_installed_bundle_is_verified_and_the_self_check_passes(
     assert run.stderr == b""
     report = _json(run)
     assert report["default_bundle"] == "tiny"
-    (bundle,) = report["bundles"]  # type: ignore[misc]
+    bundles = report["bundles"]
+    assert isinstance(bundles, list)
+    (bundle,) = bundles
     assert bundle["name"] == "tiny" and bundle["state"] == "verified" and bundle["default"]
     check = report["self_check"]
     assert isinstance(check, dict)
@@ -77,6 +81,7 @@ def test_installed_bundle_is_verified_and_the_self_check_passes(
     assert 0 < check["seconds"] < 60
 
 
+@pytest.mark.slow
 def test_text_report_names_backend_bundle_state_and_self_check(
     isolated_home: Path, tiny_model: Path
 ) -> None:
@@ -92,13 +97,16 @@ def test_text_report_names_backend_bundle_state_and_self_check(
     assert lines["healthy"] == "yes"
 
 
+@pytest.mark.slow
 def test_broken_bundle_is_a_problem_and_exit_3(isolated_home: Path, tiny_model: Path) -> None:
     directory = install_bundle(isolated_home, tiny_model)
     next(directory.glob("*mmproj*.gguf")).write_bytes(b"GGUF truncated")
     run = run_mdream("doctor", "--format", "json", "--no-self-check")
     assert run.returncode == 3, run.stderr.decode()
     report = _json(run)
-    (bundle,) = report["bundles"]  # type: ignore[misc]
+    bundles = report["bundles"]
+    assert isinstance(bundles, list)
+    (bundle,) = bundles
     assert bundle["state"] == "broken" and "differs from the manifest" in bundle["detail"]
     assert report["healthy"] is False
     assert report["self_check"] == {
@@ -110,6 +118,7 @@ def test_broken_bundle_is_a_problem_and_exit_3(isolated_home: Path, tiny_model: 
     }
 
 
+@pytest.mark.slow
 def test_self_check_fails_with_exit_4_when_inference_touches_the_network(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -149,19 +158,20 @@ def test_self_check_fails_with_exit_4_when_inference_touches_the_network(
 def test_gpu_list_matches_the_build() -> None:
     import llama_cpp
 
-    from moondream_cli import doctor
+    from moondream_cli.engine import native
 
     llama_cpp.llama_backend_init()
     lib = Path(llama_cpp.__file__).parent / "lib"
-    devices = doctor.gpu_devices(lib)
+    devices = native.gpu_devices(lib)
     if not llama_cpp.llama_supports_gpu_offload():
         assert devices == ()  # the CPU device is not a GPU
     for d in devices:
         assert not d.name.upper().startswith("CPU") and d.description
         assert d.total_bytes is None or (d.free_bytes or 0) <= d.total_bytes
-    assert doctor.gpu_devices(lib.parent / "no-such-dir") == ()
+    assert native.gpu_devices(lib.parent / "no-such-dir") == ()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["yaml", "JSON"])
 def test_unknown_format_is_a_usage_error(bad: str) -> None:
     run = run_mdream("doctor", "--format", bad)
@@ -170,6 +180,7 @@ def test_unknown_format_is_a_usage_error(bad: str) -> None:
     assert f"'{bad}' is not one of 'text', 'json'".encode() in run.stderr
 
 
+@pytest.mark.slow
 def test_help_has_a_summary_and_examples() -> None:
     run = run_mdream("doctor", "--help")
     assert run.returncode == 0

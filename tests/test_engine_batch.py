@@ -196,6 +196,7 @@ def test_a_bad_image_is_a_record_not_a_crash(
     assert good[0].text == _single(engine_factory[1], images[:1], {})[0, 0]
 
 
+@pytest.mark.slow
 def test_a_quantized_text_model_answers_on_this_cpu(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
@@ -279,6 +280,7 @@ def test_a_planned_cpu_batch_never_cuts_an_answer_short(
             assert answers[i].text == alone.ask(question, sampling)
 
 
+@pytest.mark.slow
 def test_a_folder_on_the_cpu_is_batched_and_one_image_is_not(
     tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import moondream_gguf
 from conftest import ROOT, run_mdream
 from hub_server import COMMIT, HubState, serve
 from moondream_cli import recipe as recipes
+from moondream_cli.errors import BundleError
 
 REPO = "mdream-test/tiny-moondream"
 
@@ -64,6 +65,7 @@ def hub_env(url: str, tmp_path: Path) -> dict[str, str]:
     return {"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_mdreamtest"}
 
 
+@pytest.mark.slow
 def test_fetch_downloads_resumes_verifies_and_installs(
     big_model: Path, tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -114,6 +116,7 @@ def test_fetch_downloads_resumes_verifies_and_installs(
     assert b"already installed" in again.stderr
 
 
+@pytest.mark.slow
 def test_a_download_with_the_wrong_hash_is_deleted_and_fails(
     hub: HubState, tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -134,6 +137,7 @@ def test_a_download_with_the_wrong_hash_is_deleted_and_fails(
     assert hub.sha256("moondream2-text-model-f16.gguf") in cached
 
 
+@pytest.mark.slow
 def test_recipe_that_disagrees_with_the_hub_fails_before_downloading(
     hub: HubState, tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -149,6 +153,7 @@ def test_recipe_that_disagrees_with_the_hub_fails_before_downloading(
     assert tree(isolated_home) == []
 
 
+@pytest.mark.slow
 def test_from_dir_checks_files_against_an_explicit_recipe(
     hub: HubState, tiny_model: Path, tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -169,6 +174,7 @@ def test_from_dir_checks_files_against_an_explicit_recipe(
     assert tree(isolated_home) == []
 
 
+@pytest.mark.slow
 def test_from_dir_refuses_a_folder_without_a_pair(tmp_path: Path, isolated_home: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run_mdream("fetch", "--from-dir", tmp_path / "empty")
@@ -213,10 +219,11 @@ def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_pa
     body.update(change)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(body))
-    with pytest.raises(recipes.BundleError, match=message):
+    with pytest.raises(BundleError, match=message):
         recipes.load(str(path))
 
 
+@pytest.mark.slow
 def test_offline_without_a_cached_copy_says_what_to_do(tmp_path: Path, isolated_home: Path) -> None:
     result = run_mdream("fetch", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 3

@@ -17,8 +17,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import ROOT, run_mdream
+from conftest import ROOT, Arg, run_mdream
 from pipelines_helpers import CORRUPT, GOOD_TOP, SCHEMA, make_folder, make_many
+
+pytestmark = pytest.mark.slow  # every test runs `mdream` in a child process
 
 FAST = (
     "-n",
@@ -239,7 +241,7 @@ def test_sidecar_ext_and_usage_errors(tiny_model: Path, tmp_path: Path) -> None:
 def test_choices_answers_are_always_in_the_set(tiny_model: Path, tmp_path: Path) -> None:
     paths = [str(p) for p in make_many(tmp_path / "imgs", 1)]
     album = make_folder(tmp_path)
-    args = ["ask", album, *paths, "Is there a price tag?", "-m", tiny_model, "-t", "1"]
+    args: list[Arg] = ["ask", album, *paths, "Is there a price tag?", "-m", tiny_model, "-t", "1"]
     choices = ["yes", "no", "maybe"]
     proc = run_mdream(*args, "--choices", ",".join(choices), "-f", "tsv")
     rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[1:]]
@@ -375,7 +377,7 @@ def test_repeated_q_gives_one_record_per_question(tiny_model: Path, photo: Path)
 def test_tags_style(tiny_model: Path, photo: Path) -> None:
     proc = run_mdream("describe", photo, "--style", "tags", "-m", tiny_model, *FAST, "-f", "jsonl")
     assert proc.returncode == 0, proc.stderr
-    assert jsonl(proc.stdout)[0]["question"].startswith("List descriptive tags")  # type: ignore[union-attr]
+    assert jsonl(proc.stdout)[0]["question"].startswith("List descriptive tags")  # type: ignore[attr-defined]
 
 
 # -- pipes and signals --------------------------------------------------------------------------

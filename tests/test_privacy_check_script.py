@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT
 from test_doctor import install_bundle
 
+pytestmark = pytest.mark.slow  # runs scripts/privacy_check.py, strace and all, in a child
+
 SCRIPT = ROOT / "scripts" / "privacy_check.py"
 
 

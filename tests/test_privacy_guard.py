@@ -21,6 +21,8 @@ import pytest
 from conftest import ROOT
 from moondream_cli.doctor import NETWORK_MODULES
 
+pytestmark = pytest.mark.slow  # every test runs `mdream` in a child process
+
 # Modules that mean download code, or an HTTP stack, reached the inference path: doctor's
 # list of network stacks plus mdream's own bundle and download corner.
 FORBIDDEN = (

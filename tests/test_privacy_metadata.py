@@ -248,6 +248,7 @@ def test_model_gets_exactly_the_upright_stripped_pixels(
     assert load_image(path.read_bytes()).data == pixels.data
 
 
+@pytest.mark.slow
 def test_no_metadata_in_any_output_and_same_answer_as_stripped_copy(
     tagged: dict[str, tuple[Path, Image.Image]], tiny_model: Path, tmp_path: Path
 ) -> None:

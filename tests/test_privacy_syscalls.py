@@ -32,6 +32,8 @@ from conftest import ROOT, draw_photo
 from moondream_cli import privacy
 from moondream_cli.syscheck import summary
 
+pytestmark = pytest.mark.slow  # real runs under strace and unshare
+
 # The same command lines `make privacy-check` runs (privacy.CHECKS).
 COMMANDS = [pytest.param(check, id=check.name) for check in privacy.CHECKS]
 

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import run_mdream
+
+pytestmark = pytest.mark.slow  # runs `mdream` in a child process
 
 
 def test_describe_prints_answer_only_and_is_repeatable(tiny_model: Path, photo: Path) -> None:

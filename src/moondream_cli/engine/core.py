@@ -8,7 +8,7 @@ re-encoding. Many images at once go through :mod:`.batching`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 
 from ..errors import UsageError
 from ..images import Pixels
@@ -149,7 +149,7 @@ class Engine:
         sampling: Sampling | None = None,
         *,
         ready: Callable[[], bool] | None = None,
-    ) -> Iterator[Answer]:
+    ) -> Generator[Answer, None, None]:
         """Answer every request's questions, :attr:`batch` images at a time (continuous
         batching, :mod:`.batching`).
 
