@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+N_BATCH = 1024  # the engine's EngineOptions.n_batch
 sys.path.insert(0, str(ROOT / "src"))
 
 
@@ -64,53 +65,49 @@ class Clock:
             print(f"| {key} | {t / repeat:.3f} | {100 * t / spent:.0f} % | {n // repeat} |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=ROOT / ".cache/bench/full/q4_k_m")
-    parser.add_argument("--image", type=Path, default=ROOT / ".cache/bench/images/photo-0.jpg")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--text-fa", action="store_true", help="text-model flash attention on")
-    parser.add_argument("--no-vision-fa", action="store_true", help="vision flash attention off")
-    parser.add_argument("--steps", type=int, default=8, help="decode steps to time")
-    parser.add_argument(
+def parse_args() -> argparse.Namespace:
+    from moondream_cli.engine import CPU_UBATCH, EngineOptions, cpu_kv_cells
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add = parser.add_argument
+    add("--dir", type=Path, default=ROOT / ".cache/bench/full/q4_k_m")
+    add("--image", type=Path, default=ROOT / ".cache/bench/images/photo-0.jpg")
+    add("--threads", type=int, default=os.cpu_count() or 1)
+    add("--text-fa", action="store_true", help="text-model flash attention on")
+    add("--no-vision-fa", action="store_true", help="vision flash attention off")
+    add("--steps", type=int, default=8, help="decode steps to time")
+    add(
         "--extra-bufts",
         action="store_true",
         help="load with llama.cpp's extra buffer types (AMX) even on AMX CPUs, where mdream "
         'does not: needs a build with bench/amx_tilecfg_fix.h (bench/README.md, "AMX")',
     )
     # mdream's CPU defaults for a lone image
-    from moondream_cli.engine import CPU_UBATCH, EngineOptions, cpu_kv_cells
-
     cells = cpu_kv_cells(EngineOptions().n_ctx)
-    parser.add_argument("--n-ctx", type=int, default=cells, help=f"text-model KV cells ({cells})")
-    parser.add_argument(
-        "--n-ubatch", type=int, default=CPU_UBATCH, help=f"tokens per micro-batch ({CPU_UBATCH})"
-    )
-    parser.add_argument(
-        "--kv-type", choices=("f16", "f32", "q8_0"), default="f16", help="text-model KV cache type"
-    )
-    args = parser.parse_args()
+    add("--n-ctx", type=int, default=cells, help=f"text-model KV cells ({cells})")
+    add("--n-ubatch", type=int, default=CPU_UBATCH, help=f"tokens per micro-batch ({CPU_UBATCH})")
+    add("--kv-type", choices=("f16", "f32", "q8_0"), default="f16", help="KV cache type")
+    return parser.parse_args()
 
+
+def load(args: argparse.Namespace, clock: Clock) -> tuple[Any, Any, Any]:
+    """The text model, its context and the mmproj, each node of both timed by ``clock``."""
     import llama_cpp as ll
     import llama_cpp.mtmd_cpp as mtmd
 
     from moondream_cli.engine import cpu_has_amx, native
-    from moondream_cli.images import load_image
     from moondream_cli.locate import resolve
 
     native.route_logs_to_stderr(False)
     files = resolve(args.dir)
-    clock = Clock(ll)
-    on = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    off = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-
+    on, off = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED, ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
     mparams = ll.llama_model_default_params()
     mparams.n_gpu_layers = 0
     # as the engine loads it on the CPU, unless asked
     mparams.use_extra_bufts = args.extra_bufts or not cpu_has_amx()
     model = ll.llama_model_load_from_file(os.fsencode(files.text), mparams)
     cparams = ll.llama_context_default_params()
-    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = args.n_ctx, 1024, args.n_ubatch
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = args.n_ctx, N_BATCH, args.n_ubatch
     cparams.flash_attn_type = on if args.text_fa else off
     cparams.n_threads = cparams.n_threads_batch = args.threads
     cparams.type_k = cparams.type_v = {"f32": 0, "f16": 1, "q8_0": 8}[args.kv_type]  # GGML_TYPE_*
@@ -123,8 +120,17 @@ def main() -> int:
     mctx = mtmd.mtmd_init_from_file(os.fsencode(files.mmproj), model, pparams)
     if not model or not ctx or not mctx:
         raise SystemExit("profile_ops: cannot load the model files")
+    return model, ctx, mctx
 
-    pixels = load_image(args.image)
+
+def profile_image(path: Path, ctx: Any, mctx: Any, clock: Clock) -> int:
+    """Encode the image and prefill it, each timed; return the positions it took."""
+    import llama_cpp as ll
+    import llama_cpp.mtmd_cpp as mtmd
+
+    from moondream_cli.images import load_image
+
+    pixels = load_image(path)
     buf = (ctypes.c_uint8 * len(pixels.data)).from_buffer_copy(pixels.data)
     bitmap = mtmd.mtmd_bitmap_init(pixels.width, pixels.height, buf)
     chunks = mtmd.mtmd_input_chunks_init()
@@ -149,38 +155,46 @@ def main() -> int:
         clock.start()
         t = time.perf_counter()
         rc = mtmd.mtmd_helper_decode_image_chunk(
-            mctx,
-            ctx,
-            chunk,
-            embd,
-            n_past,
-            0,
-            cparams.n_batch,
-            ctypes.byref(new_n_past),
-            mtmd.mtmd_helper_post_decode_callback(0),
-            None,
-        )
+            mctx, ctx, chunk, embd, n_past, 0, N_BATCH, ctypes.byref(new_n_past),
+            mtmd.mtmd_helper_post_decode_callback(0), None,
+        )  # fmt: skip
         if rc != 0:
             raise SystemExit("profile_ops: image prefill failed")
-        clock.report(
-            f"image prefill ({new_n_past.value - n_past} positions)", time.perf_counter() - t
-        )
+        positions = new_n_past.value - n_past
+        clock.report(f"image prefill ({positions} positions)", time.perf_counter() - t)
         n_past = int(new_n_past.value)
+    mtmd.mtmd_input_chunks_free(chunks)
+    mtmd.mtmd_bitmap_free(bitmap)
+    return n_past
+
+
+def profile_decode(ctx: Any, n_past: int, steps: int, clock: Clock) -> None:
+    """``steps`` single-token decode steps after the image, their mean timed."""
+    import llama_cpp as ll
 
     batch = ll.llama_batch_init(1, 0, 1)
     clock.start()
     total = 0.0
-    for step in range(args.steps):
+    for step in range(steps):
         batch.token[0], batch.pos[0], batch.n_seq_id[0] = 300 + step, n_past + step, 1
         batch.seq_id[0][0], batch.logits[0], batch.n_tokens = 0, True, 1
         t = time.perf_counter()
         if ll.llama_decode(ctx, batch) != 0:
             raise SystemExit("profile_ops: decode failed")
         total += time.perf_counter() - t
-    clock.report(f"one decode step (mean of {args.steps}, after the image)", total, args.steps)
+    clock.report(f"one decode step (mean of {steps}, after the image)", total, steps)
     ll.llama_batch_free(batch)
-    mtmd.mtmd_input_chunks_free(chunks)
-    mtmd.mtmd_bitmap_free(bitmap)
+
+
+def main() -> int:
+    import llama_cpp as ll
+    import llama_cpp.mtmd_cpp as mtmd
+
+    args = parse_args()
+    clock = Clock(ll)
+    model, ctx, mctx = load(args, clock)
+    n_past = profile_image(args.image, ctx, mctx, clock)
+    profile_decode(ctx, n_past, args.steps, clock)
     mtmd.mtmd_free(mctx)
     ll.llama_free(ctx)
     ll.llama_model_free(model)
