@@ -39,7 +39,7 @@ def _imports(tree: ast.Module) -> set[str]:
         # Besides the engine's native objects, grammars uses llama_cpp's pure-Python
         # JSON-schema converter.
         ("llama_cpp", ("engine/native/", "grammars.py")),
-        ("huggingface_hub", ("hub.py",)),
+        ("huggingface_hub", ("bundles/hub.py",)),
     ],
 )
 def test_a_library_is_imported_only_where_it_belongs(library: str, allowed: tuple[str]) -> None:
@@ -49,6 +49,32 @@ def test_a_library_is_imported_only_where_it_belongs(library: str, allowed: tupl
         if library in _imports(tree) and not name.startswith(allowed)
     ]
     assert offenders == []
+
+
+def _mdream_imports(name: str, tree: ast.Module) -> set[str]:
+    """The moondream_cli modules ``name`` imports, relative imports resolved."""
+    package = ["moondream_cli", *name.split("/")[:-1]]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            found.add(".".join([*base, *([node.module] if node.module else [])]))
+            if not node.module:
+                found.update(".".join([*base, alias.name]) for alias in node.names)
+    return found
+
+
+def test_inference_never_imports_the_bundle_corner() -> None:
+    # Fetching and bundling talk to the network and write files: only their own package and
+    # the CLI's bundle commands may use them (tests/test_privacy_guard.py checks a real run).
+    offenders = {
+        name: sorted(m for m in imported if m.startswith("moondream_cli.bundles"))
+        for name, tree, _ in _modules()
+        if not name.startswith(("bundles/", "cli/bundles.py"))
+        for imported in [_mdream_imports(name, tree)]
+        if any(m.startswith("moondream_cli.bundles") for m in imported)
+    }
+    assert offenders == {}
 
 
 def test_every_module_reads_in_one_sitting() -> None:

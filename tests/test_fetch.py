@@ -12,7 +12,7 @@ import pytest
 import moondream_gguf
 from conftest import ROOT, run_mdream
 from hub_server import COMMIT, HubState, serve
-from moondream_cli import recipe as recipes
+from moondream_cli.bundles import recipe as recipes
 from moondream_cli.errors import BundleError
 
 REPO = "mdream-test/tiny-moondream"

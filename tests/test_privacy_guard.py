@@ -27,15 +27,7 @@ pytestmark = pytest.mark.slow  # every test runs `mdream` in a child process
 # list of network stacks plus mdream's own bundle and download corner.
 FORBIDDEN = (
     *NETWORK_MODULES,
-    "moondream_cli.fetch",
-    "moondream_cli.hub",
-    "moondream_cli.sources",
-    "moondream_cli.bundle",
-    "moondream_cli.bundle_install",
-    "moondream_cli.tarball",
-    "moondream_cli.staging",
-    "moondream_cli.recipe",
-    "moondream_cli.quantize",
+    "moondream_cli.bundles",  # the package and every module in it
 )
 
 

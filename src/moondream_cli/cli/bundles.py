@@ -1,6 +1,6 @@
 """`mdream fetch` and `mdream bundle install|list|verify|export|remove`.
 
-The core (`fetch`, `bundle`) is imported inside each command, never at import time: the
+The core (`moondream_cli.bundles`) is imported inside each command, never at import time: the
 inference commands and `mdream --help` must not load it or huggingface-hub.
 """
 
@@ -123,7 +123,7 @@ def fetch(
 
     Prints the tarball's path with --output, else the installed bundle's name.
     """
-    from ..fetch import fetch as run_fetch
+    from ..bundles.fetch import fetch as run_fetch
 
     progress = Output(quiet=quiet)
     with progress:
@@ -153,7 +153,7 @@ def install(
     quiet: QuietOpt = False,
 ) -> None:
     """Check a bundle tarball member by member and install it; all or nothing."""
-    from ..bundle_install import install as run_install
+    from ..bundles.install import install as run_install
 
     progress = Output(quiet=quiet)
     with progress:
@@ -165,7 +165,7 @@ def install(
 
 def list_() -> None:
     """List installed bundles: name, size, quantization, source, default (*)."""
-    from ..bundle import list_bundles
+    from ..bundles.installed import list_bundles
 
     for info in list_bundles():
         quant = info.quantization
@@ -185,8 +185,8 @@ def verify(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-hash an installed bundle's files against its manifest (all bundles by default)."""
-    from ..bundle import installed_names
-    from ..bundle import verify as run_verify
+    from ..bundles.installed import installed_names
+    from ..bundles.installed import verify as run_verify
     from ..errors import EXIT_MODEL, BundleError, Failed, MdreamError
 
     names = [name] if name else installed_names()
@@ -224,7 +224,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Pack an installed bundle into its portable tarball, checking every byte on the way."""
-    from ..bundle import export as run_export
+    from ..bundles.installed import export as run_export
 
     progress = Output(quiet=quiet)
     with progress:
@@ -234,7 +234,7 @@ def export(
 
 def remove(name: NameArg) -> None:
     """Delete an installed bundle."""
-    from ..bundle import remove as run_remove
+    from ..bundles.installed import remove as run_remove
 
     path = run_remove(name)
     Output().info(f"removed: {name} ({path})")

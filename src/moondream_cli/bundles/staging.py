@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import BundleError, MdreamError
+from ..errors import BundleError, MdreamError
 
 _SPACE_MARGIN = 64 << 20
 

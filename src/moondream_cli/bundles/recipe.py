@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import manifest as mf
-from .errors import BundleError
+from .. import manifest as mf
+from ..errors import BundleError
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -65,7 +65,7 @@ class Recipe:
 
 def _shipped_folder() -> Traversable:
     """The recipes folder: ``bundles/`` in a source checkout, package data in a wheel."""
-    checkout = Path(__file__).resolve().parents[2] / "bundles"
+    checkout = Path(__file__).resolve().parents[3] / "bundles"  # src/moondream_cli/bundles/
     if checkout.is_dir():
         return checkout
     return resources.files("moondream_cli.recipes")

@@ -14,9 +14,9 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from . import manifest as mf
-from .errors import BundleError, MdreamError, ModelError
-from .progress import Progress
+from .. import manifest as mf
+from ..errors import BundleError, MdreamError, ModelError
+from ..progress import Progress
 
 SUFFIX = ".tar"
 

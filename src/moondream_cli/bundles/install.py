@@ -12,11 +12,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest as mf
-from . import paths
-from .bundle import default_name, set_default
-from .errors import BundleError, ModelError
-from .progress import Progress
+from .. import manifest as mf
+from .. import paths
+from ..errors import BundleError, ModelError
+from ..progress import Progress
+from .installed import default_name, set_default
 from .staging import move_into_place, staging
 
 _MANIFEST_MAX = 1 << 20

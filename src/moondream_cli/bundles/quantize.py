@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import FetchError
+from ..errors import FetchError
 from .recipe import QUANTIZATIONS
 
 _TENSOR = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
@@ -31,7 +31,7 @@ def quantize(
     ftype_name = QUANTIZATIONS.get(quantization.upper())
     if ftype_name is None:
         raise FetchError(f"no llama.cpp quantization for {quantization!r}")
-    from .engine import native
+    from ..engine import native
 
     tail: deque[str] = deque(maxlen=4)
 

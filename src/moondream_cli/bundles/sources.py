@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import manifest as mf
-from .errors import FetchError, ModelError
-from .locate import find_pair
-from .progress import Progress
+from .. import manifest as mf
+from ..errors import FetchError, ModelError
+from ..locate import find_pair
+from ..progress import Progress
 from .recipe import Recipe, SourceFile
 from .recipe import load as load_recipe
 from .recipe import shipped as shipped_recipes

@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest as mf
-from . import paths
-from .errors import BundleError, ModelError
-from .progress import Progress
+from .. import manifest as mf
+from .. import paths
+from ..errors import BundleError, ModelError
+from ..progress import Progress
 from .tarball import output_folder_or_file, pack
 
 

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import FetchError
-from .progress import Progress
+from .. import __version__
+from ..errors import FetchError
+from ..progress import Progress
 from .recipe import Recipe, SourceFile
 from .sources import Source, check_file
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, bundle, paths
-from . import manifest as mf
-from .errors import FetchError, MdreamError, ModelError
+from .. import __version__, paths
+from .. import manifest as mf
+from ..errors import FetchError, MdreamError, ModelError
+from ..progress import Progress
 from .hub import hub_sources
-from .progress import Progress
+from .installed import default_name, set_default
 from .quantize import quantize
 from .recipe import Recipe
 from .recipe import load as load_recipe
@@ -73,7 +74,7 @@ def fetch(
     if install and _already_built(installed, sources):
         progress.info(f"{bundle_name} is already installed from the same files")
         if make_default:
-            bundle.set_default(bundle_name)
+            set_default(bundle_name)
         tarball = pack(installed, output, progress) if output is not None else None
         return FetchResult(bundle_name, installed, tarball, already=True)
 
@@ -85,8 +86,8 @@ def fetch(
         tarball = pack(work, output, progress) if output is not None else None
         if install:
             move_into_place(work, installed)
-    if install and (make_default or bundle.default_name() is None):
-        bundle.set_default(manifest.name)
+    if install and (make_default or default_name() is None):
+        set_default(manifest.name)
     return FetchResult(bundle_name, installed if install else None, tarball, already=False)
 
 
@@ -163,7 +164,7 @@ def _build(
 
 
 def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dict[str, Any]:
-    from .engine import native
+    from ..engine import native
 
     from_hub = any(s.commit for s in sources.values())
     source: dict[str, Any] = {
