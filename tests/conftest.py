@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 Arg = str | os.PathLike[str]  # one command-line argument, as run_mdream takes them
 
+# llama.cpp's OpenMP threads spin while waiting; with many test processes on a small machine
+# that turns 0.4 s runs into 10 s ones. Passive waiting changes no result. OpenMP reads this
+# once, when llama.cpp loads: set here, it reaches the engines this process loads as well as
+# the children each test starts (isolated_home keeps it set for them).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -29,8 +35,6 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "100")
-    # llama.cpp's OpenMP threads spin while waiting; with many test processes on a small
-    # machine that turns 0.4 s runs into 10 s ones. Passive waiting changes no result.
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     for var in ("MDREAM_MODEL", "MDREAM_DEBUG", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -97,11 +101,3 @@ def run_mdream(
         check=False,
     )
 
-
-@pytest.fixture
-def mdream() -> object:
-    return run_mdream
-
-
-def argv(*parts: Arg) -> Sequence[str]:
-    return [str(p) for p in parts]
