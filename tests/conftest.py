@@ -100,4 +100,3 @@ def run_mdream(
         timeout=timeout,
         check=False,
     )
-
