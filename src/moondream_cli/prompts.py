@@ -1,7 +1,9 @@
 """Moondream's prompt format, owned by mdream (a GGUF's embedded chat template is never run).
 
 The reference implementation feeds: BOS, the image, then ``\\n\\nQuestion: {q}\\n\\nAnswer:``;
-the answer ends at EOS or at the first blank line.
+the reference (vikhyat/moondream ``answer_question``, April 2024) ends the answer at EOS only
+and strips it. A random or confused model may instead start a new turn, so the two turn
+markers are a backstop: an answer also ends where one of :data:`STOP_MARKERS` begins.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ DESCRIBE_MAX_TOKENS = {Length.SHORT: 64, Length.NORMAL: 256, Length.LONG: 512}
 TAGS_QUESTION = "List descriptive tags for this image, separated by commas."
 TAGS_MAX_TOKENS = 128
 ASK_MAX_TOKENS = 256  # an answer's length when nothing else says
-STOP = "\n\n"
+# Where the model would start a new turn of the prompt format: the answer ends before either.
+# Inner blank lines are kept, as the reference keeps them (multi-paragraph answers).
+STOP_MARKERS = ("\n\nQuestion:", "\n\nAnswer:")
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable
 
-from ..prompts import STOP
+from ..prompts import STOP_MARKERS
 from .options import Sampling
 
 
 class TextStream:
     """One answer's text as its tokens arrive.
 
-    It stops at an end-of-generation token or at the first blank line (``prompts.STOP``);
-    with a grammar only at the end of generation, and with ``Sampling.fixed_length`` never.
-    ``on_text`` receives the text as it becomes final: trailing whitespace is held back,
-    since it may be the start of the stop.
+    It stops at an end-of-generation token, as the reference does, or where a turn marker
+    (``prompts.STOP_MARKERS``) begins; with a grammar only at the end of generation, and
+    with ``Sampling.fixed_length`` never. ``on_text`` receives the text as it becomes final:
+    trailing whitespace and whatever may be the start of a marker are held back.
     """
 
     def __init__(
@@ -28,7 +28,9 @@ class TextStream:
     ) -> None:
         self._piece = piece
         self._is_eog = is_eog
-        self._stop_on_blank = sampling.grammar is None and not sampling.fixed_length
+        self._markers = (
+            STOP_MARKERS if sampling.grammar is None and not sampling.fixed_length else ()
+        )
         self._stop_on_eog = not sampling.fixed_length
         self._on_text = on_text
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -40,11 +42,12 @@ class TextStream:
         if self._stop_on_eog and self._is_eog(token):
             return True
         self._text += self._decoder.decode(self._piece(token))
-        if self._stop_on_blank and STOP in self._text:
-            self._text = self._text[: self._text.index(STOP)]
+        cut = self._marker_at()
+        if cut is not None:
+            self._text = self._text[:cut]
             return True
         if self._on_text is not None:
-            ready = len(self._text.rstrip())
+            ready = len(self._text[: self._held_from()].rstrip())
             if ready > self._emitted:
                 text = self._text
                 self._on_text(
@@ -52,6 +55,20 @@ class TextStream:
                 )
                 self._emitted = ready
         return False
+
+    def _marker_at(self) -> int | None:
+        """Where the first stop marker begins in the text, if one has appeared."""
+        found = [at for marker in self._markers if (at := self._text.find(marker)) >= 0]
+        return min(found) if found else None
+
+    def _held_from(self) -> int:
+        """Where a tail that may still grow into a stop marker begins (the text's end if none)."""
+        text = self._text
+        for start in range(max(0, len(text) - max(map(len, self._markers), default=0)), len(text)):
+            tail = text[start:]
+            if any(marker.startswith(tail) for marker in self._markers):
+                return start
+        return len(text)
 
     def finish(self) -> str:
         """The whole answer, stripped; what was not streamed yet goes to ``on_text`` now."""
