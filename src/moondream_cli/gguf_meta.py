@@ -1,12 +1,22 @@
-"""Read a GGUF file's key/value header without loading the model.
+"""Read a GGUF file's header — its keys and its tensor table — without loading the model.
 
-Used to tell a text model from an mmproj by metadata (not by file name) and to check a
-file is a GGUF at all before llama.cpp sees it. Pure Python, reads only the header.
+Used to tell a text model from an mmproj by metadata (not by file name), to check that a
+text model and an mmproj belong together, and to refuse a file whose header would make
+llama.cpp abort, all before llama.cpp sees it. Pure Python, reads only the header, and
+trusts none of its lengths: every count and size is checked against the file and against
+limits far above any real model's, so a hostile header is a :class:`ModelError`, never a
+``MemoryError`` or a recursion.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import mmap
+import os
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,69 +37,160 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
-# Arrays longer than this (token lists, merges) are skipped, not kept.
+# Arrays longer than this (token lists, merges) are skipped, not kept, unless asked for.
 _KEEP_ARRAY = 64
-_MAX_KV = 1 << 20
+_MAX_KV = 1 << 16
+_MAX_TENSORS = 1 << 16
+_MAX_STRING = 1 << 24  # 16 MiB: a chat template is a few KB
+_MAX_DEPTH = 3  # arrays of arrays at most this deep (real files: 1)
+_MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 
 
-def _read(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise EOFError
-    return data
+class _Corrupt(Exception):
+    """The header contradicts itself or the file; the message says how."""
 
 
-def _unpack(f: BinaryIO, fmt: str) -> object:
-    return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))[0]
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]  # ggml order: shape[0] is the row length
+    type: int
 
 
-def _string(f: BinaryIO) -> str:
-    (n,) = struct.unpack("<Q", _read(f, 8))
-    return _read(f, n).decode("utf-8", errors="replace")
+@dataclass
+class Header:
+    """A GGUF header: its keys and its tensors by name."""
+
+    meta: dict[str, object] = field(default_factory=dict)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _value(f: BinaryIO, vtype: int) -> object:
-    if vtype in _SCALARS:
-        return _unpack(f, _SCALARS[vtype])
-    if vtype == _STRING:
-        return _string(f)
-    if vtype == _ARRAY:
-        (itype,) = struct.unpack("<I", _read(f, 4))
-        (count,) = struct.unpack("<Q", _read(f, 8))
-        if count <= _KEEP_ARRAY:
-            return [_value(f, itype) for _ in range(count)]
+class _Reader:
+    """Reads a header from a read-only memory map: no copies, and a skipped token list costs
+    one length read per token (tens of milliseconds for GPT-2's 50,257)."""
+
+    def __init__(self, buf: mmap.mmap, keep: frozenset[str]) -> None:
+        self.buf, self.size, self.pos, self.keep = buf, len(buf), 0, keep
+
+    def read(self, n: int) -> bytes:
+        if n > self.size - self.pos:
+            raise _Corrupt("a length points past the end of the file")
+        data = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return data
+
+    def unpack(self, fmt: str) -> int | float | bool:
+        width = struct.calcsize(fmt)
+        if width > self.size - self.pos:
+            raise _Corrupt("truncated")
+        value: int | float | bool = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += width
+        return value
+
+    def count(self, limit: int, what: str) -> int:
+        n = int(self.unpack("<Q"))
+        if n > limit:
+            raise _Corrupt(f"{what} {n} is implausible")
+        return n
+
+    def string(self) -> str:
+        n = self.count(_MAX_STRING, "a string length of")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, key: str, depth: int = 0) -> object:
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise _Corrupt(f"unknown value type {vtype} for {key}")
+        if depth >= _MAX_DEPTH:
+            raise _Corrupt(f"arrays nested too deep in {key}")
+        itype = int(self.unpack("<I"))
+        # Every item takes at least one byte: a count past the file's end is a lie.
+        count = self.count(self.size - self.pos, "an array length of")
+        if count <= _KEEP_ARRAY or key in self.keep:
+            return [self.value(itype, key, depth + 1) for _ in range(count)]
         if itype in _SCALARS:
-            f.seek(struct.calcsize(_SCALARS[itype]) * count, 1)
+            self.skip(struct.calcsize(_SCALARS[itype]) * count)
+        elif itype == _STRING:
+            for _ in range(count):
+                self.skip(self.count(_MAX_STRING, "a string length of"))
         else:
             for _ in range(count):
-                _value(f, itype)
+                self.value(itype, key, depth + 1)
         return None
-    raise ValueError(f"unknown GGUF value type {vtype}")
+
+    def skip(self, n: int) -> None:
+        if n > self.size - self.pos:
+            raise _Corrupt("a value runs past the end of the file")
+        self.pos += n
+
+    def tensor(self) -> Tensor:
+        name = self.string()
+        n_dims = int(self.unpack("<I"))
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise _Corrupt(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(int(self.unpack("<Q")) for _ in range(n_dims))
+        ttype = int(self.unpack("<I"))
+        self.unpack("<Q")  # offset into the data section
+        return Tensor(name, shape, ttype)
+
+
+def read_header(path: Path, *, keep_arrays: frozenset[str] = frozenset()) -> Header:
+    """Return the GGUF header (long arrays only for the keys in ``keep_arrays``); raise
+    ModelError when ``path`` is not a GGUF file or its header cannot be true. Loading a
+    model reads each header several times (locating, pairing, planning): a file unchanged
+    since its last read (same inode, size and mtime) is not parsed again. Do not modify
+    what it returns."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
+    return _read_header(str(path), (st.st_ino, st.st_size, st.st_mtime_ns), keep_arrays)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_header(path: str, _stamp: tuple[int, int, int], keep_arrays: frozenset[str]) -> Header:
+    try:
+        with open(path, "rb") as f, _mapped(f) as buf:
+            r = _Reader(buf, keep_arrays)
+            if r.size < 4 or r.read(4) != _MAGIC:
+                raise ModelError("not a GGUF file", path=str(path))
+            version = r.unpack("<I")
+            if version not in (2, 3):
+                raise ModelError(f"unsupported GGUF version {version}", path=str(path))
+            n_tensors = r.count(_MAX_TENSORS, "a tensor count of")
+            n_kv = r.count(_MAX_KV, "a key count of")
+            header = Header()
+            for _ in range(n_kv):
+                key = r.string()
+                header.meta[key] = r.value(int(r.unpack("<I")), key)
+            for _ in range(n_tensors):
+                tensor = r.tensor()
+                header.tensors[tensor.name] = tensor
+            return header
+    except (_Corrupt, struct.error) as exc:
+        raise ModelError(f"truncated or corrupt GGUF header: {exc}", path=str(path)) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
+
+
+@contextlib.contextmanager
+def _mapped(f: BinaryIO) -> Iterator[mmap.mmap]:
+    """The file, mapped read-only (an empty file maps as nothing: mmap refuses length 0)."""
+    if os.fstat(f.fileno()).st_size == 0:
+        raise _Corrupt("empty file")
+    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield buf
+    finally:
+        buf.close()
 
 
 def read_metadata(path: Path) -> dict[str, object]:
     """Return the GGUF header's keys; raise ModelError when ``path`` is not a GGUF file."""
-    try:
-        with open(path, "rb") as f:
-            if _read(f, 4) != _MAGIC:
-                raise ModelError("not a GGUF file", path=str(path))
-            version = _unpack(f, "<I")
-            if version not in (2, 3):
-                raise ModelError(f"unsupported GGUF version {version}", path=str(path))
-            _unpack(f, "<Q")  # tensor count
-            n_kv = int(_unpack(f, "<Q"))  # type: ignore[call-overload]
-            if n_kv > _MAX_KV:
-                raise ModelError("corrupt GGUF header", path=str(path))
-            meta: dict[str, object] = {}
-            for _ in range(n_kv):
-                key = _string(f)
-                (vtype,) = struct.unpack("<I", _read(f, 4))
-                meta[key] = _value(f, vtype)
-            return meta
-    except (EOFError, ValueError, struct.error) as exc:
-        raise ModelError("truncated or corrupt GGUF header", path=str(path)) from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
+    return read_header(path).meta
 
 
 def architecture(path: Path) -> str:

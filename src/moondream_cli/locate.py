@@ -14,6 +14,7 @@ from . import manifest as mf
 from . import paths
 from .errors import ModelError
 from .gguf_meta import architecture
+from .pairing import check_pair
 
 NO_MODEL_HINT = (
     "no model installed — run `mdream fetch` (online), or `mdream bundle install FILE.tar` "
@@ -77,9 +78,9 @@ def default_bundle_name() -> str | None:
 def from_dir(directory: Path) -> ModelFiles:
     if not directory.is_dir():
         raise ModelError(f"model folder not found — {NO_MODEL_HINT}", path=str(directory))
-    if (directory / mf.MANIFEST).is_file():
-        return _from_bundle(directory)
-    return find_pair(directory)
+    files = _from_bundle(directory) if (directory / mf.MANIFEST).is_file() else find_pair(directory)
+    check_pair(files.text, files.mmproj)
+    return files
 
 
 def _from_bundle(directory: Path) -> ModelFiles:

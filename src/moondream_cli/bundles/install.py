@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import manifest as mf
 from .. import paths
 from ..errors import BundleError, ModelError
+from ..pairing import check_pair
 from ..progress import Progress
 from .installed import default_name, set_default
 from .staging import move_into_place, staging
@@ -80,6 +81,10 @@ def _install_from(
     need = sum(e.size for e in manifest.files)
     with staging(paths.models_dir(), f".staging-{manifest.name}-", need) as folder:
         _extract_members(tar, manifest, folder, where, progress)
+        try:  # verified bytes, but do they make one model? Before anything is replaced.
+            check_pair(folder / manifest.entry("text").path, folder / manifest.entry("mmproj").path)
+        except ModelError as exc:
+            raise BundleError(exc.message, path=where) from exc
         (folder / mf.MANIFEST).write_bytes(manifest_bytes)
         mf.record_verified(folder, manifest)
         move_into_place(folder, target)
