@@ -18,7 +18,8 @@ def prepare_models(size: str, knobs: bool = False) -> dict[str, Path]:
     written once, cached."""
     import moondream_gguf
 
-    base = CACHE / size
+    # Versioned: files from an older generator (another vocabulary) are never reused.
+    base = CACHE / f"{size}-v{moondream_gguf.GENERATOR_VERSION}"
     f16 = base / "f16"
     text16, mmproj16 = f16 / moondream_gguf.TEXT_NAME, f16 / moondream_gguf.MMPROJ_NAME
     if not (f16 / ".done").is_file():
@@ -65,18 +66,12 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def quantize_text(src: Path, dst: Path) -> None:
-    import llama_cpp
+    """mdream's own quantizer, so the benchmark's file is what `mdream fetch` makes (GPT-2's
+    pre-tokenizer written in: the naive side then tokenizes the same way)."""
+    from moondream_cli.bundles.quantize import quantize
 
-    from moondream_cli.engine import native
-
-    native.route_logs_to_stderr(False)  # one log line per tensor otherwise
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.nthread = os.cpu_count() or 1
     partial = dst.with_name(dst.name + ".partial")
-    rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(partial), params)
-    if rc != 0:
-        raise SystemExit(f"bench: llama_model_quantize failed (code {rc})")
+    quantize(src, partial, "Q4_K_M")
     partial.replace(dst)
 
 

@@ -172,7 +172,7 @@ def prepare_reference(size: str, text: Path, mmproj: Path, ref: Path | None = No
 
     import moondream_gguf
 
-    ref = ref or CACHE / size / "f32-reference"
+    ref = ref or CACHE / f"{size}-v{moondream_gguf.GENERATOR_VERSION}" / "f32-reference"
     if (ref / ".done").is_file():
         return ref
     ref.mkdir(parents=True, exist_ok=True)

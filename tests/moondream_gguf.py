@@ -9,6 +9,7 @@ Output is deterministic: the same shape and seed give the same bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,31 +34,35 @@ class Shape:
     v_head: int
 
 
-TINY = Shape(64, 256, 2, 4, 8, 512, 2048, 56, 14, 32, 64, 2, 4)
+# Both use GPT-2's real vocabulary padded to 51,200, as Moondream2's text GGUFs do.
+TINY = Shape(64, 256, 2, 4, 8, 51200, 2048, 56, 14, 32, 64, 2, 4)
 FULL = Shape(2048, 8192, 24, 32, 32, 51200, 2048, 378, 14, 1152, 4304, 27, 16)
 SHAPES = {"tiny": TINY, "full": FULL}
 
 TEXT_NAME = "moondream2-text-model-f16.gguf"
 MMPROJ_NAME = "moondream2-mmproj-f16.gguf"
+# Bumped whenever the files written change, so cached benchmark models are written anew.
+GENERATOR_VERSION = 2
+# llama.cpp's GPT-2 vocabulary and tokenizer vectors, from the pinned sdist (tests/data/gpt2).
+GPT2_VOCAB = Path(__file__).parent / "data" / "gpt2" / "ggml-vocab-gpt-2.gguf"
+GPT2_EOS = 50256
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's byte-to-unicode table: the 256 base tokens of a byte-level BPE vocab."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
+@functools.cache
+def gpt2_vocabulary() -> tuple[list[str], list[int], list[str]]:
+    """GPT-2's tokens, token types and merges, from llama.cpp's own test vocabulary."""
+    from moondream_cli.gguf_meta import read_header
+
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
+    meta = read_header(GPT2_VOCAB, keep_arrays=frozenset(keys)).meta
+    tokens, types, merges = (meta[key] for key in keys)
+    assert isinstance(tokens, list) and isinstance(types, list) and isinstance(merges, list)
+    return [str(t) for t in tokens], [int(t) for t in types], [str(m) for m in merges]
 
 
 class _Weights:
-    """Deterministic ~N(0, 0.02) tensors; large ones tile a random block to stay fast."""
+    """Deterministic ~N(0, 0.02) tensors; large ones are pieces of one random block, each
+    from a random offset (so no two rows of the output matrix repeat), to stay fast."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -69,8 +74,9 @@ class _Weights:
             start = int(self.rng.integers(0, self.block.size - n + 1))
             flat = self.block[start : start + n]
         else:
-            reps = -(-n // self.block.size)
-            flat = np.tile(self.block, reps)[:n]
+            piece = 1 << 16
+            starts = self.rng.integers(0, self.block.size - piece + 1, size=-(-n // piece))
+            flat = np.concatenate([self.block[i : i + piece] for i in starts])[:n]
         return flat.reshape(shape).astype(dtype)
 
     @staticmethod
@@ -99,17 +105,15 @@ def write_text_model(
     writer.add_layer_norm_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
 
-    byte_tokens = _bytes_to_unicode()
-    merges = ["Ġ t", "h e", "i n", "a n", "e r", "Ġ a", "o n", "r e"]
-    merged = [m.replace(" ", "") for m in merges]
-    tokens = byte_tokens + merged + ["<|endoftext|>"]
-    eos = len(tokens) - 1
-    types = [gguf.TokenType.NORMAL] * (len(tokens) - 1) + [gguf.TokenType.CONTROL]
+    tokens, types, merges = gpt2_vocabulary()
+    tokens, types = tokens[:], types[:]
+    eos = GPT2_EOS
     while len(tokens) < s.n_vocab:
         tokens.append(f"<|unused{len(tokens)}|>")
         types.append(gguf.TokenType.USER_DEFINED)
+    # Like the public Moondream2 files: no tokenizer.ggml.pre (llama.cpp then warns and
+    # pre-tokenizes with its 'default' rule unless mdream overrides it).
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -141,7 +145,11 @@ def write_text_model(
     return path
 
 
-def write_mmproj(path: Path, shape: Shape = TINY, seed: int = 1) -> Path:
+def write_mmproj(
+    path: Path, shape: Shape = TINY, seed: int = 1, projector_input: int | None = None
+) -> Path:
+    """The CLIP mmproj; ``projector_input`` other than the vision width makes a projector
+    like the 2025 releases' (wider input than this encoder gives), for the pairing checks."""
     s, w = shape, _Weights(seed)
     writer = gguf.GGUFWriter(str(path), "clip")
     writer.add_name("moondream2-shaped random mmproj")
@@ -181,7 +189,7 @@ def write_mmproj(path: Path, shape: Shape = TINY, seed: int = 1) -> Path:
         writer.add_tensor(p + "ffn_down.bias", w.zeros(VE))
     writer.add_tensor("v.post_ln.weight", w.ones(VE))
     writer.add_tensor("v.post_ln.bias", w.zeros(VE))
-    writer.add_tensor("mm.0.weight", w.normal((E, VE)))
+    writer.add_tensor("mm.0.weight", w.normal((E, projector_input or VE)))
     writer.add_tensor("mm.0.bias", w.zeros(E))
     writer.add_tensor("mm.2.weight", w.normal((E, E)))
     writer.add_tensor("mm.2.bias", w.zeros(E))

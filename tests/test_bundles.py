@@ -22,7 +22,7 @@ from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles.fetch import fetch
 from moondream_cli.errors import BundleError
 
-NAME = "moondream2-local-98a6f63c-q4_k_m"
+NAME = "moondream2-local-e3428061-q4_k_m"
 
 
 @pytest.fixture(scope="module")

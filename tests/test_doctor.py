@@ -78,6 +78,7 @@ def test_installed_bundle_is_verified_and_the_self_check_passes(
     assert check["status"] == "pass", check
     assert check["model"] == "tiny"
     assert "test socket was refused" in check["detail"]
+    assert "pre-tokenizer gpt-2" in check["detail"]  # mdream's load-time fix, in effect
     assert 0 < check["seconds"] < 60
 
 

@@ -194,6 +194,7 @@ def run_self_check(
         with Engine(files, EngineOptions(gpu=gpu)) as engine:
             engine.set_image(pixels)
             answer = engine.ask(SELF_CHECK_QUESTION, Sampling(max_tokens=SELF_CHECK_TOKENS))
+            tokens = f"pre-tokenizer {engine.pre_tokenizer}"
     except MdreamError as exc:
         return SelfCheck(
             "fail", str(exc), files.name, time.perf_counter() - start, exit_code=exc.exit_code
@@ -212,7 +213,7 @@ def run_self_check(
         "pass",
         f"guard on (a test socket was refused), HF_HUB_OFFLINE=1; answered about a synthetic "
         f"image from memory ({len(answer)} characters) with no network use and no network "
-        "code imported",
+        f"code imported; {tokens}",
         files.name,
         seconds,
     )

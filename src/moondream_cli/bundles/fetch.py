@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, paths
+from .. import __version__, paths, reference
 from .. import manifest as mf
 from ..errors import FetchError, MdreamError, ModelError
+from ..pairing import check_pair
 from ..progress import Progress
 from .hub import hub_sources
 from .installed import default_name, set_default
@@ -131,6 +132,7 @@ def _build(
     text_name = f"text-model-{quant.lower()}.gguf"
     mmproj_name = "mmproj-f16.gguf"
     text_out = work / text_name
+    check_pair(sources["text"].path, sources["mmproj"].path)
     if quant == "F16":
         _copy(sources["text"].path, text_out, progress, f"copying {sources['text'].name}")
     else:
@@ -186,6 +188,7 @@ def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dic
         ],
     }
     return {
+        "model": reference.model_name(sources["mmproj"].sha256),
         "source": source,
         "quantization": {"text": quant, "mmproj": "F16"},
         "llama_cpp_python": native.version(),

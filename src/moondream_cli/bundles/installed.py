@@ -29,6 +29,7 @@ class BundleInfo:
     source: str
     default: bool
     intact: bool  # sizes and recorded mtimes match (the cheap check)
+    model: str = "?"  # the release the files hold (manifest "model"; "?" in older bundles)
 
 
 def installed_names() -> list[str]:
@@ -94,6 +95,7 @@ def list_bundles() -> list[BundleInfo]:
                 source=str(repo or "local files"),
                 default=name == default,
                 intact=intact,
+                model=str(manifest.extra.get("model") or "?"),
             )
         )
     return infos

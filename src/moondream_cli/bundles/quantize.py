@@ -2,7 +2,9 @@
 
 llama.cpp logs one line per tensor while it works; those lines are routed here, turned
 into (done, total) progress calls, and kept out of the terminal. The last lines are kept
-to explain a failure.
+to explain a failure. The quantized file carries the metadata fixes of
+:func:`moondream_cli.reference.metadata_fixes` (GPT-2's pre-tokenizer), so any llama.cpp
+tool tokenizes it as the reference did.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import reference
 from ..errors import FetchError
+from ..gguf_meta import read_metadata
 from .recipe import QUANTIZATIONS
 
 _TENSOR = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
@@ -42,7 +46,10 @@ def quantize(
         elif text.strip():
             tail.append(text.decode("utf-8", errors="replace").strip())
 
-    rc = native.quantize(source, target, ftype_name, threads or (os.cpu_count() or 1), on_log)
+    fixes = reference.metadata_fixes(read_metadata(source))
+    rc = native.quantize(
+        source, target, ftype_name, threads or (os.cpu_count() or 1), on_log, metadata=fixes
+    )
     if rc != 0:
         target.unlink(missing_ok=True)
         reason = "; ".join(line for line in tail if "fail" in line.lower()) or "see --verbose"

@@ -54,6 +54,7 @@ class Recipe:
     files: tuple[SourceFile, ...]
     description: str = ""
     origin: str = ""  # where the recipe was read from
+    model: str = ""  # which model release the files hold, as a user should be told
 
     def file(self, role: str) -> SourceFile:
         return next(f for f in self.files if f.role == role)
@@ -138,6 +139,7 @@ def parse(text: str | bytes, *, origin: str = "recipe") -> Recipe:
         files=files,
         description=str(raw.get("description", "")),
         origin=origin,
+        model=str(raw.get("model", "")),
     )
 
 

@@ -164,7 +164,7 @@ def install(
 
 
 def list_() -> None:
-    """List installed bundles: name, size, quantization, source, default (*)."""
+    """List installed bundles: name, size, quantization, model, source, default (*)."""
     from ..bundles.installed import list_bundles
 
     for info in list_bundles():
@@ -172,7 +172,8 @@ def list_() -> None:
         mark = "*" if info.default else " "
         flag = "" if info.intact else "\t(changed since last verified)"
         sys.stdout.write(
-            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.source}{flag}\n"
+            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.model}\t"
+            f"{info.source}{flag}\n"
         )
 
 

@@ -31,7 +31,17 @@ from .system import (
     system_info,
     version,
 )
-from .text import Batch, Context, ContextParams, Model, Owned, Sampler, flash_attn_type, llama
+from .text import (
+    Batch,
+    Context,
+    ContextParams,
+    Model,
+    Owned,
+    Sampler,
+    flash_attn_type,
+    kv_overrides,
+    llama,
+)
 from .vision import Chunk, Chunks, Projector, mtmd
 
 __all__ = [
@@ -50,6 +60,7 @@ __all__ = [
     "gpu_devices",
     "gpu_free_bytes",
     "gpu_offload",
+    "kv_overrides",
     "llama",
     "mtmd",
     "quantize",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import interrupt
-from .text import llama
+from .text import kv_overrides, llama
 from .vision import mtmd
 
 # -- the process: logging, GPU, quantizing ---------------------------------------------------
@@ -96,15 +96,26 @@ def gpu_free_bytes() -> int | None:
     return None
 
 
-def quantize(source: Path, target: Path, ftype: str, threads: int, on_log: LogSink) -> int:
-    """``llama_model_quantize`` with llama.cpp's ``ftype`` constant named ``ftype``; its log
-    lines go to ``on_log`` meanwhile. Returns llama.cpp's code (0: done)."""
+def quantize(
+    source: Path,
+    target: Path,
+    ftype: str,
+    threads: int,
+    on_log: LogSink,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """``llama_model_quantize`` with llama.cpp's ``ftype`` constant named ``ftype``, writing
+    the string keys ``metadata`` into the new file; its log lines go to ``on_log`` meanwhile.
+    Returns llama.cpp's code (0: done)."""
     ll = llama()
     route_logs(on_log)
     try:
         params = ll.llama_model_quantize_default_params()
         params.ftype = getattr(ll, ftype)
         params.nthread = threads
+        overrides = kv_overrides(metadata or {})
+        if overrides is not None:
+            params.kv_overrides = overrides
         return int(
             ll.llama_model_quantize(os.fsencode(source), os.fsencode(target), ctypes.byref(params))
         )

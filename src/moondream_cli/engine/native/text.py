@@ -58,17 +58,45 @@ class Owned:
         self.close()
 
 
+def kv_overrides(values: dict[str, str]) -> Any:
+    """``values`` as a ``llama_model_kv_override`` array (string values), ended by the empty
+    key llama.cpp stops at; None when there are none. Keep it alive while llama.cpp reads it."""
+    if not values:
+        return None
+    ll = llama()
+    array = (ll.llama_model_kv_override * (len(values) + 1))()
+    for item, (key, value) in zip(array, values.items(), strict=False):
+        raw_key, raw_value = key.encode(), value.encode()
+        if len(raw_key) >= 128 or len(raw_value) >= 128:  # char[128], NUL-terminated
+            raise ValueError(f"metadata override {key}={value!r} is too long")
+        item.key = raw_key
+        item.tag = ll.LLAMA_KV_OVERRIDE_TYPE_STR
+        item.value.val_str = raw_value
+    return array
+
+
 # -- the text model and its context ----------------------------------------------------------
 class Model(Owned):
-    """A loaded text GGUF (``llama_model``) and its vocabulary."""
+    """A loaded text GGUF (``llama_model``) and its vocabulary; ``overrides`` replace string
+    metadata keys at load time (the file is not changed)."""
 
     _what = "text model"
 
-    def __init__(self, path: Path, *, gpu: bool, extra_bufts: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gpu: bool,
+        extra_bufts: bool = True,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
         ll = llama()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = 999 if gpu else 0
         params.use_extra_bufts = extra_bufts
+        override_array = kv_overrides(overrides or {})
+        if override_array is not None:
+            params.kv_overrides = override_array
         ptr = ll.llama_model_load_from_file(os.fsencode(path), params)
         if not ptr:
             raise ModelError(
