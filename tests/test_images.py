@@ -6,11 +6,12 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image, TiffImagePlugin
+from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
 
 from conftest import draw_photo
 from moondream_cli.errors import InputError
-from moondream_cli.images import FORMATS, load_image
+from moondream_cli.images import FORMATS, Pixels, fit, load_image
+from moondream_cli.reference import Fit
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -148,3 +149,47 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_keeps_aspect() -> None:
     assert pixels.width >= 756 and pixels.height >= 378
     assert pixels.width < 3200
     assert abs(pixels.width / pixels.height - 2.0) < 0.01
+
+
+def test_stretch_is_pillows_bicubic_resize_of_the_stripped_image() -> None:
+    img = draw_photo((160, 90))  # 16:9, like most photos
+    data = _encode(img, "PNG")
+    pixels = load_image(data, size=56)
+    assert (pixels.width, pixels.height) == (56, 56)
+    expected = load_image(data).to_image().resize((56, 56), Image.Resampling.BICUBIC)
+    assert pixels.data == expected.tobytes()
+
+
+def test_stretch_applies_after_the_exif_orientation() -> None:
+    img = draw_photo((120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = _encode(img, "JPEG", exif=exif.tobytes(), quality=95)
+    upright = load_image(data)
+    assert (upright.width, upright.height) == (60, 120)
+    stretched = load_image(data, size=56)
+    assert stretched.data == upright.to_image().resize((56, 56), Image.Resampling.BICUBIC).tobytes()
+
+
+def test_letterbox_and_an_image_already_square_are_left_to_libmtmd() -> None:
+    wide = load_image(_encode(draw_photo((160, 90)), "PNG"), size=56, fit_to=Fit.LETTERBOX)
+    assert (wide.width, wide.height) == (160, 90)
+    square = load_image(_encode(draw_photo((56, 56)), "PNG"), size=56)
+    assert square == load_image(_encode(draw_photo((56, 56)), "PNG"))
+
+
+def test_fit_refuses_pixels_that_do_not_match_their_size() -> None:
+    with pytest.raises(InputError, match="does not match"):
+        fit(Pixels(4, 4, b"\x00" * 3), 56)
+
+
+def test_a_large_jpeg_stretched_from_its_draft_is_close_to_full_decoding() -> None:
+    data = _encode(draw_photo((4000, 3000)), "JPEG", quality=90)
+    drafted = load_image(data, size=378).to_image()
+    with Image.open(io.BytesIO(data)) as full:
+        reference = full.convert("RGB").resize((378, 378), Image.Resampling.BICUBIC)
+    diff = ImageChops.difference(drafted, reference)
+    extrema = diff.getextrema()
+    assert isinstance(extrema, tuple)
+    assert max(band[1] for band in extrema if isinstance(band, tuple)) <= 16  # sharp edges
+    assert sum(ImageStat.Stat(diff).mean) / 3 < 1.0

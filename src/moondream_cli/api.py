@@ -63,12 +63,16 @@ class Moondream:
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> str:
-        pixels = image if isinstance(image, Pixels) else load_image(image)
+        pixels = image if isinstance(image, Pixels) else self.load(image)
         # Same pixels as last time: the encoded image prefix is reused.
         self.engine.set_image(pixels, key=pixels)
         return self.engine.ask(
             question, sampling or self.settings.sampling(ASK_MAX_TOKENS), on_text
         )
+
+    def load(self, image: ImageSource) -> Pixels:
+        """``image`` decoded, stripped and fitted to the projector as the engine will use it."""
+        return load_image(image, size=self.engine.image_size, fit_to=self.engine.fit)
 
     def close(self) -> None:
         self.engine.close()

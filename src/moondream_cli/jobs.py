@@ -150,6 +150,8 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
                     skip=sink.exists,
                     read_stdin=lambda: sys.stdin.buffer.read(),
                     on_text=sink.text if stream else None,
+                    image_size=engine.image_size,
+                    fit=engine.fit,
                 )
                 try:
                     sink.consume(results)

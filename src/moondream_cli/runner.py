@@ -1,28 +1,26 @@
-"""The batch loop: inputs → decoded pixels (background thread) → model → records, in order.
+"""The batch loop: inputs → decoded pixels (a small thread pool) → model → records, in order.
 
-A single background thread expands the inputs and decodes the next few images (a bounded
-queue) while the model works on the current one; since one thread feeds the queue in input
-order, results come out in input order. Each image is encoded and prefilled once, then every
-question is asked against that cached prefix. A bad input becomes error records and the
-batch goes on; anything else (a broken model, Ctrl-C) stops it.
+A few threads decode the next images (:mod:`.decoding`: bounded, in input order) while the
+model works on the current one, so results come out in input order. Each image is encoded
+and prefilled once, then every question is asked against that cached prefix. A bad input
+becomes error records and the batch goes on; anything else (a broken model, Ctrl-C) stops it.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from . import interrupt
+from .decoding import Decoder
 from .engine import Answer, Request, Sampling
 from .errors import InputError
 from .grammars import Constraint
 from .images import Pixels, load_image
 from .inputs import Source
 from .records import Record
+from .reference import Fit
 
 LOOKAHEAD = 3  # images decoded ahead of the model; bounds memory to a few decoded images
 
@@ -80,14 +78,6 @@ class _Decoded:
     skipped: bool = False
 
 
-@dataclass
-class _Crashed:
-    exc: BaseException
-
-
-_DONE = object()
-
-
 def run(
     sources: Iterable[Source],
     questions: Sequence[str],
@@ -99,12 +89,17 @@ def run(
     read_stdin: Callable[[], bytes] | None = None,
     on_text: Callable[[str], None] | None = None,
     lookahead: int = LOOKAHEAD,
+    image_size: int | None = None,
+    fit: Fit = Fit.STRETCH,
+    workers: int | None = None,
 ) -> Generator[ImageResult, None, None]:
     """Yield one :class:`ImageResult` per input, in input order.
 
     ``skip(source)`` is asked before decoding (e.g. "its sidecar exists"); ``read_stdin``
     supplies the bytes of the ``-`` input; ``on_text`` streams the answer's text (one image,
-    one question).
+    one question). Images are fitted to the projector's ``image_size`` as ``fit`` says while
+    they are decoded, ``workers`` at a time (default: ``decoding.default_workers``), off the
+    model's thread.
     """
     if sampling.grammar is None and constraint is not None:
         sampling = Sampling(
@@ -113,60 +108,30 @@ def run(
             seed=sampling.seed,
             grammar=constraint.gbnf,
         )
-    pending: queue.Queue[object] = queue.Queue(maxsize=max(1, lookahead))
-    stop = threading.Event()
-    worker = threading.Thread(
-        target=_produce,
-        args=(sources, skip, read_stdin, pending, stop),
-        name="mdream-decode",
-        daemon=True,
-    )
-    with interrupt.shielded():
-        worker.start()
+
+    def decode(index: int, source: Source) -> _Decoded:
+        return _decode(index, source, read_stdin, (image_size, fit))
+
+    def now(index: int, source: Source) -> _Decoded | None:
+        if skip is not None and skip(source):
+            return _Decoded(index, source, None, None, 0.0, skipped=True)
+        return None
+
+    decoder = Decoder(sources, decode, now=now, workers=workers, lookahead=lookahead)
     # Keys are unique to this run, so an engine reused across runs never mistakes a new
     # image for the one it encoded last.
     run_key = object()
     try:
-        items = _received(pending)
+        items = iter(decoder)
         if isinstance(model, BatchModel) and model.batch > 1 and on_text is None:
-            yield from _run_batched(
-                items, questions, model, sampling, constraint, ready=lambda: _ready(pending)
-            )
+            yield from _run_batched(items, questions, model, sampling, constraint, decoder.ready)
             return
         for item in items:
             yield _answer(
                 item, (run_key, item.index), questions, model, sampling, constraint, on_text
             )
     finally:
-        with interrupt.shielded():
-            stop.set()
-            _drain(pending)
-            worker.join(timeout=1.0)
-
-
-def _received(pending: queue.Queue[object]) -> Iterator[_Decoded]:
-    """The decoded inputs, in input order, as the background thread hands them over."""
-    while True:
-        # Shielded: Ctrl-C inside Queue.get can leave the queue's lock taken, and the
-        # ``finally`` above would then wait for it for ever. Short waits, so that Ctrl-C
-        # still ends a wait on a slow input (a pipe, a network drive) promptly.
-        with interrupt.shielded():
-            try:
-                item = pending.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        if item is _DONE:
-            return
-        if isinstance(item, _Crashed):
-            raise item.exc
-        assert isinstance(item, _Decoded)
-        yield item
-
-
-def _ready(pending: queue.Queue[object]) -> bool:
-    """Whether the next decoded input is waiting (shielded: Queue.empty takes its lock)."""
-    with interrupt.shielded():
-        return not pending.empty()
+        decoder.close()
 
 
 def _run_batched(
@@ -275,55 +240,22 @@ def _with_elapsed(record: Record, ms: int) -> Record:
     return Record(record.path, record.question, record.answer, record.error, ms)
 
 
-def _produce(
-    sources: Iterable[Source],
-    skip: Callable[[Source], bool] | None,
+def _decode(
+    index: int,
+    source: Source,
     read_stdin: Callable[[], bytes] | None,
-    pending: queue.Queue[object],
-    stop: threading.Event,
-) -> None:
-    try:
-        for index, source in enumerate(sources):
-            if stop.is_set():
-                return
-            if skip is not None and skip(source):
-                item = _Decoded(index, source, None, None, 0.0, skipped=True)
-            else:
-                item = _decode(index, source, read_stdin)
-            if not _put(pending, item, stop):
-                return
-        _put(pending, _DONE, stop)
-    except BaseException as exc:
-        _put(pending, _Crashed(exc), stop)
-
-
-def _decode(index: int, source: Source, read_stdin: Callable[[], bytes] | None) -> _Decoded:
+    fitting: tuple[int | None, Fit],
+) -> _Decoded:
     start = time.perf_counter()
+    size, fit = fitting
     try:
         if source.from_stdin:
             if read_stdin is None:
                 raise InputError("reading an image from stdin is not possible here", path="-")
-            pixels = load_image(read_stdin(), label=source.label)
+            data: bytes | str = read_stdin()
         else:
-            pixels = load_image(source.label, label=source.label)
+            data = source.label
+        pixels = load_image(data, label=source.label, size=size, fit_to=fit)
         return _Decoded(index, source, pixels, None, (time.perf_counter() - start) * 1000)
     except InputError as exc:
         return _Decoded(index, source, None, exc, (time.perf_counter() - start) * 1000)
-
-
-def _put(pending: queue.Queue[object], item: object, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            pending.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _drain(pending: queue.Queue[object]) -> None:
-    try:
-        while True:
-            pending.get_nowait()
-    except queue.Empty:
-        pass

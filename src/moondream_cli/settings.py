@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .records import Format
+from .reference import Fit
 
 if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
     from .engine.options import EngineOptions, Sampling
@@ -39,6 +40,7 @@ class Settings:
     temperature: float = 0.0  # 0: greedy
     seed: int | None = None
     batch: int | None = None  # images answered together; None: the engine's plan
+    fit: Fit = Fit.STRETCH  # the reference's stretch to the projector's square, or letterbox
     # -- what reaches stderr
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes
@@ -67,4 +69,5 @@ class Settings:
             verbose=self.verbose,
             batch=self.batch if self.batch is not None else batch,
             seq_tokens=seq_tokens,
+            fit=self.fit,
         )

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..records import Format
+from ..reference import Fit
 from ..settings import Settings
 
 ModelDirOpt = Annotated[
@@ -105,6 +106,14 @@ SETTING_OPTIONS: dict[str, Any] = {
             "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~500, "
             "else 1); on a GPU, as many as half its free memory holds.",
             show_default=False,
+        ),
+    ],
+    "fit": Annotated[
+        Fit,
+        typer.Option(
+            "--fit",
+            help="How an image becomes the model's square: 'stretch' (default) as the reference "
+            "Moondream2 did, or 'letterbox' (grey bars) as other llama.cpp tools do.",
         ),
     ],
     "verbose": Annotated[

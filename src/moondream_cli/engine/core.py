@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterable
 from ..errors import UsageError
 from ..images import Pixels
 from ..locate import ModelFiles
+from ..reference import Fit
 from . import native
 from .batching import Answer, ContinuousBatch, Request
 from .options import EngineOptions, Sampling
@@ -59,6 +60,21 @@ class Engine:
     @property
     def on_gpu(self) -> bool:
         return self._rt.on_gpu
+
+    @property
+    def image_size(self) -> int | None:
+        """The projector's square input side, from the mmproj's header (378 for Moondream2)."""
+        return self._rt.image_size
+
+    @property
+    def fit(self) -> Fit:
+        """How images are fitted to :attr:`image_size` (``images.fit``)."""
+        return self._rt.fit
+
+    @property
+    def pre_tokenizer(self) -> str:
+        """The pre-tokenizer llama.cpp uses, mdream's load-time fix included."""
+        return self._rt.pre_tokenizer
 
     @property
     def n_ctx(self) -> int:

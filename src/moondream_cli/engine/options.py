@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..reference import Fit
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -29,6 +31,9 @@ class EngineOptions:
     # attention"); elsewhere llama.cpp decides (on wherever it is supported).
     flash_attn: bool | None = None
     vision_flash_attn: bool | None = None
+    # How an image is fitted to the projector's square: the reference's stretch, or
+    # llama.cpp's letterbox (README, "Fidelity").
+    fit: Fit = Fit.STRETCH
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,6 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy, same input gives the same output
     seed: int | None = None
     grammar: str | None = None  # GBNF, root rule "root"
-    # Exactly max_tokens tokens: EOS is masked and a blank line does not stop the answer.
+    # Exactly max_tokens tokens: EOS is masked and no turn marker stops the answer.
     # For benchmarks, where both sides must generate the same number of tokens.
     fixed_length: bool = False

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TypeVar
 
+from .. import reference
 from ..errors import InputError, ModelError
-from ..images import Pixels
+from ..gguf_meta import read_metadata
+from ..images import Pixels, fit
 from ..locate import ModelFiles
 from ..prompts import question_prompt
 from . import native
@@ -67,7 +69,13 @@ class Runtime:
         # and with a fixed build they are no faster for this model (bench/README.md, "AMX");
         # without extra buffer types the ordinary CPU kernels run it, with any build.
         extra_bufts = self.on_gpu or not cpu_has_amx()
-        model = native.Model(self.files.text, gpu=self.on_gpu, extra_bufts=extra_bufts)
+        text_meta = read_metadata(self.files.text)
+        # GPT-2's pre-tokenizer where the file names none, as the reference tokenizes.
+        fixes = reference.metadata_fixes(text_meta)
+        self.pre_tokenizer = reference.pre_tokenizer(text_meta)
+        model = native.Model(
+            self.files.text, gpu=self.on_gpu, extra_bufts=extra_bufts, overrides=fixes
+        )
         self.model = self._own(model)
         auto_gpu = self.on_gpu and not options.batch
         self.plan: Plan = plan(
@@ -101,6 +109,9 @@ class Runtime:
                 flash_attn=options.vision_flash_attn,
             )
         )
+        self.fit = options.fit
+        size = read_metadata(self.files.mmproj).get("clip.vision.image_size")
+        self.image_size = size if isinstance(size, int) and size > 0 else None
         self._step_batch = self._own(native.Batch(self.plan.batch))
         bos = self.model.bos
         self.bos_text = self.model.piece(bos, special=True) if bos >= 0 else b""
@@ -149,6 +160,7 @@ class Runtime:
         # Only our own fixed text goes through parse_special: the BOS piece and the marker.
         text = (b"" if keep_bos else self.bos_text) + self.projector.marker
         try:
+            pixels = fit(pixels, self.image_size, self.fit)  # usually done where decoded
             chunks = self.projector.tokenize(text, pixels.width, pixels.height, pixels.data)
         except InputError as exc:
             exc.path = label
