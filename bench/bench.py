@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import decode
 from children import (
     Run,
     best,
@@ -113,6 +114,7 @@ class Measured:
     cold_naive: Run
     cli: dict[str, Any] | None
     knobs: list[dict[str, Any]]
+    decoding: dict[str, Any]
 
     @property
     def naive(self) -> Run:
@@ -151,7 +153,10 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], models: dict[str, Pat
         log("llama-mtmd-cli, one process per image ...")
         cli = run_mtmd_cli(cfg)
     knobs = run_knobs(cfg, models) if args.knobs else []
-    return Measured(naive_runs, md_runs, cold_md, cold_naive, cli, knobs)
+    # Last: it decodes in this process, whose peak memory the children above start from.
+    log("decoding rate, 1 and 2 workers ...")
+    decoding = decode.measure([Path(p) for p in cfg["images"]["photo"]])
+    return Measured(naive_runs, md_runs, cold_md, cold_naive, cli, knobs, decoding)
 
 
 def report(
@@ -185,6 +190,9 @@ def report(
             f"{m['prefill_s']:.2f} s ({m['image_tokens']} positions), answer "
             f"{m['answer_tok_s']:.1f} tok/s"
         )
+    print()
+    folder = m["folder_photo_n"] / m["folder_photo_s"] if m.get("folder_photo_s") else None
+    print(decode.render(got.decoding, folder))
     if got.knobs:
         print()
         print(render_knobs(got.knobs))
@@ -222,6 +230,7 @@ def save(
         "llama_mtmd_cli": got.cli,
         "rows": [vars(r) for r in rows],
         "knobs": got.knobs,
+        "decoding": got.decoding,
     }
     out = CACHE / f"result-{when:%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
