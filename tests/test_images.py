@@ -10,7 +10,7 @@ from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
 
 from conftest import draw_photo
 from moondream_cli.errors import InputError
-from moondream_cli.images import FORMATS, Pixels, fit, load_image
+from moondream_cli.images import FORMATS, Pixels, fit, load_image, own_the_size_check
 from moondream_cli.reference import Fit
 
 
@@ -135,12 +135,22 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         load_image(tmp_path)
 
 
-@pytest.mark.parametrize("limit", [10_000, 30_000])  # 4× and 1.3× over: Pillow errors / warns
-def test_decompression_bomb_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+def test_an_image_over_the_megapixel_limit_is_refused_before_decoding() -> None:
+    data = _encode(Image.new("L", (2000, 1000)), "PNG")
+    with pytest.raises(InputError, match=r"2000×1000 is 2 MP, over the 1\.5 MP limit"):
+        load_image(data, max_megapixels=1.5)
+    assert load_image(data, max_megapixels=2.5).width == 2000
+
+
+def test_mdream_owns_the_size_check_so_pillows_lower_guard_never_fires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = _encode(Image.new("L", (200, 200)), "PNG")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # Pillow's own limit, lowered
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow's guard, 4× exceeded
     with pytest.raises(InputError, match="decompression bomb"):
-        load_image(data)
+        load_image(data)  # a library user who kept Pillow's guard gets a clear line
+    own_the_size_check()  # what the CLI and the API do
+    assert load_image(data).width == 200
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale_but_keeps_aspect() -> None:

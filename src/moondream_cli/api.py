@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import locate
 from .engine import Engine, Sampling
-from .images import ImageSource, Pixels, load_image
+from .errors import UsageError
+from .images import ImageSource, Pixels, Prepare, own_the_size_check, prepare
 from .prompts import ASK_MAX_TOKENS, Length, Style, describe_task
 from .settings import Settings
 
@@ -40,6 +41,7 @@ class Moondream:
             settings = replace(settings, model_dir=Path(model_dir))
         self.settings = settings
         self.files = locate.resolve(settings.model_dir)
+        own_the_size_check()
         self.engine = Engine(self.files, settings.engine_options())
 
     def describe(
@@ -51,6 +53,8 @@ class Moondream:
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> str:
+        """A caption of ``image`` (``length``: short, normal, long) or, with ``style="tags"``,
+        comma-separated tags; ``on_text`` receives the text as it is generated."""
         task = describe_task(style, length)
         sampling = sampling or self.settings.sampling(task.max_tokens)
         return self.ask(image, task.question, sampling=sampling, on_text=on_text)
@@ -63,6 +67,12 @@ class Moondream:
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> str:
+        """The answer to ``question`` about ``image`` (a path, encoded bytes, a PIL image or
+        :class:`Pixels`); ``on_text`` receives it as it is generated. Asking again about the
+        same image reuses its encoding. Raises InputError for an image that cannot be used,
+        UsageError for an empty question, RuntimeError after :meth:`close`."""
+        if not question.strip():
+            raise UsageError("the question is empty")
         pixels = image if isinstance(image, Pixels) else self.load(image)
         # Same pixels as last time: the encoded image prefix is reused.
         self.engine.set_image(pixels, key=pixels)
@@ -72,7 +82,8 @@ class Moondream:
 
     def load(self, image: ImageSource) -> Pixels:
         """``image`` decoded, stripped and fitted to the projector as the engine will use it."""
-        return load_image(image, size=self.engine.image_size, fit_to=self.engine.fit)
+        how = Prepare(self.engine.image_size, self.engine.fit, self.settings.max_megapixels)
+        return prepare(image, how)
 
     def close(self) -> None:
         self.engine.close()

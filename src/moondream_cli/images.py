@@ -11,9 +11,12 @@ that no metadata (EXIF, XMP, ICC, text chunks, comments) survives. Given the pro
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -31,7 +34,17 @@ EXTENSIONS = frozenset(
 DRAFT_FACTOR = 2
 DEFAULT_DRAFT_SIDE = 378
 
+# One documented limit on what an image may be (README, "Images"): phone photos of 200 MP
+# decode (JPEGs at a reduced scale); `--max-megapixels` raises or lowers it.
+MAX_MEGAPIXELS = 250
+# Larger files are refused before a byte is read: an uncompressed 250 MP TIFF is 750 MB.
+MAX_FILE_BYTES = 1 << 30
+
 ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
+
+# Pillow's warnings about what it tolerates (corrupt EXIF, odd TIFF tags) are noise on a
+# user's terminal: what cannot be decoded becomes that image's error record instead.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,23 @@ class Pixels:
 
     def to_image(self) -> Image.Image:
         return Image.frombytes("RGB", (self.width, self.height), self.data)
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """How images become the model's pixels: fitted to the projector's ``size`` as ``fit``
+    says (:func:`fit`), and refused above ``max_megapixels``."""
+
+    size: int | None = None
+    fit: Fit = Fit.STRETCH
+    max_megapixels: float = MAX_MEGAPIXELS
+
+
+def own_the_size_check() -> None:
+    """Leave the size check to mdream (``max_megapixels``): Pillow's own bomb guard would
+    refuse, with two different limits, the 108 and 200 MP photos phones take. Front-ends
+    call this once; it changes Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def _label(source: ImageSource) -> str:
@@ -60,12 +90,27 @@ def load_image(
     label: str | None = None,
     size: int | None = None,
     fit_to: Fit = Fit.STRETCH,
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> Pixels:
     """Decode ``source`` (a path, encoded bytes or a PIL image) into stripped RGB pixels;
-    with the projector's ``size``, fitted to it as ``fit_to`` says (:func:`fit`)."""
+    with the projector's ``size``, fitted to it as ``fit_to`` says (:func:`fit`).
+
+    Whatever goes wrong with one image is an :class:`InputError` naming it: an unreadable,
+    special or oversized file, an undecodable or oversized image, whatever the decoder raises.
+    """
     name = label or _label(source)
-    pixels = _decode(source, name, size or DEFAULT_DRAFT_SIDE)
-    return fit(pixels, size, fit_to) if size else pixels
+    pixels = _decode(source, name, size or DEFAULT_DRAFT_SIDE, max_megapixels)
+    try:
+        return fit(pixels, size, fit_to) if size else pixels
+    except MemoryError as exc:
+        raise InputError("not enough memory to fit the image", path=name) from exc
+
+
+def prepare(source: ImageSource, how: Prepare, *, label: str | None = None) -> Pixels:
+    """:func:`load_image` as ``how`` says."""
+    return load_image(
+        source, label=label, size=how.size, fit_to=how.fit, max_megapixels=how.max_megapixels
+    )
 
 
 def fit(pixels: Pixels, size: int | None, how: Fit = Fit.STRETCH) -> Pixels:
@@ -84,48 +129,119 @@ def fit(pixels: Pixels, size: int | None, how: Fit = Fit.STRETCH) -> Pixels:
     return Pixels(size, size, square.tobytes())
 
 
-def _decode(source: ImageSource, name: str, side: int) -> Pixels:
+def _decode(source: ImageSource, name: str, side: int, max_megapixels: float) -> Pixels:
     try:
         if isinstance(source, Image.Image):
+            _check_size(source.size, max_megapixels)
             return _clean(source, name)
         data = _read_source(source, name)
         if not data:
             raise InputError("empty file", path=name)
-        with warnings.catch_warnings():
-            # Pillow warns between 1× and 2× its pixel limit and raises above; both are bombs.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-                if img.format == "JPEG":
-                    img.draft("RGB", (DRAFT_FACTOR * side, DRAFT_FACTOR * side))
-                img.seek(0)
-                img.load()
-                return _clean(img, name)
-    except InputError:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            _check_size(img.size, max_megapixels)
+            if img.format == "JPEG":
+                img.draft("RGB", (DRAFT_FACTOR * side, DRAFT_FACTOR * side))
+            img.seek(0)
+            img.load()
+            return _clean(img, name)
+    except InputError as exc:
+        exc.path = exc.path or name
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image too large (decompression bomb guard): {exc}", path=name) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's guard, where a front-end kept it
+        raise InputError(
+            f"image too large (Pillow's decompression bomb guard): {exc}", path=name
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InputError(
             f"not a supported image (supported: {', '.join(FORMATS)})", path=name
         ) from exc
+    except MemoryError as exc:
+        raise InputError("not enough memory to decode the image", path=name) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"corrupt or truncated image: {exc}", path=name) from exc
+    except Exception as exc:
+        raise InputError(f"corrupt image ({type(exc).__name__}: {exc})", path=name) from exc
+
+
+def _check_size(size: tuple[int, int], max_megapixels: float) -> None:
+    width, height = size
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        raise InputError(
+            f"image too large: {width}×{height} is {megapixels:,.0f} MP, over the "
+            f"{max_megapixels:g} MP limit (--max-megapixels raises it)"
+        )
 
 
 def _read_source(source: ImageSource, name: str) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
-    path = Path(source)  # type: ignore[arg-type]
     try:
-        return path.read_bytes()
+        return read_bounded(os.fspath(source))  # type: ignore[arg-type]
+    except InputError as exc:
+        exc.path = name
+        raise
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, refused (InputError) before reading when
+    it is a folder, a FIFO or a device, or larger than ``limit``. Opening never blocks: a
+    FIFO is opened non-blocking, seen to be one, and closed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
-        raise InputError("no such file", path=name) from exc
+        raise InputError("no such file") from exc
     except IsADirectoryError as exc:
-        raise InputError("is a directory", path=name) from exc
+        raise InputError("is a directory") from exc
     except PermissionError as exc:
-        raise InputError("permission denied", path=name) from exc
+        raise InputError("permission denied") from exc
     except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", path=name) from exc
+        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError("is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+            raise InputError(f"not a regular file ({kind})")
+        _check_bytes(st.st_size, limit)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    _check_bytes(len(data), limit)  # it grew while being read
+    return data
+
+
+def read_stream(stream: BinaryIO, limit: int = MAX_FILE_BYTES) -> bytes:
+    """An image's bytes from a stream (stdin), at most ``limit`` of them."""
+    try:
+        st = os.fstat(stream.fileno())
+        if stat.S_ISREG(st.st_mode):
+            _check_bytes(st.st_size, limit)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file descriptor: the read below is bounded anyway
+    data = stream.read(limit + 1)
+    _check_bytes(len(data), limit)
+    return data
+
+
+def _check_bytes(size: int, limit: int) -> None:
+    if size > limit:
+        raise InputError(
+            f"file too large for an image ({size / 2**20:,.0f} MiB; the limit is "
+            f"{limit / 2**20:,.0f} MiB)"
+        )
 
 
 def _clean(img: Image.Image, name: str) -> Pixels:

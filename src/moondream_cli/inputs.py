@@ -6,6 +6,8 @@ are dropped by their resolved path). Folders are walked in sorted order so that 
 reproducible; hidden files and folders are skipped, then files whose extension is not an
 image's, then files whose first bytes are not an image's (a ``.jpg`` that is really text).
 A file the user named explicitly is never skipped: if it is not an image, its record says so.
+A folder that cannot be read is an input too, whose record says why; nothing vanishes
+silently. Walking never blocks on a FIFO or a device: their records say what they are.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ class Source:
 
     label: str
     from_stdin: bool = False
+    error: str | None = None  # known already while walking (an unreadable folder)
 
     @property
     def path(self) -> str | None:
         return None if self.from_stdin else self.label
+
+
+@dataclass
+class Tally:
+    """What walking folders left out, for the run's closing note."""
+
+    not_images: int = 0  # files whose extension or first bytes are not an image's
 
 
 def expand(
@@ -41,13 +51,16 @@ def expand(
     recursive: bool = False,
     files_from: BinaryIO | None = None,
     null: bool = False,
+    tally: Tally | None = None,
 ) -> Iterator[Source]:
     """Yield each distinct image input once, in the order given.
 
     ``args`` are paths (files or folders) or ``-`` for one image's bytes on stdin;
     ``files_from`` is an open binary stream of paths separated by newlines, or NULs if
-    ``null``. Folders yield their images (recursively if ``recursive``).
+    ``null``. Folders yield their images (recursively if ``recursive``); ``tally`` counts
+    the files they held that are not images.
     """
+    tally = tally if tally is not None else Tally()
     seen: set[str] = set()
     visited_dirs: set[tuple[int, int]] = set()
     for arg in _chain(args, files_from, null):
@@ -57,9 +70,9 @@ def expand(
                 yield Source(STDIN, from_stdin=True)
             continue
         if _is_dir(arg):
-            for path in _walk(arg, recursive, visited_dirs):
-                if _first_time(path, seen):
-                    yield Source(path)
+            for found in _walk(arg, recursive, visited_dirs, tally):
+                if found.error is not None or _first_time(found.label, seen):
+                    yield found
         elif _first_time(arg, seen):
             # Missing or unreadable files still become inputs: their record carries the error.
             yield Source(arg)
@@ -123,11 +136,15 @@ def _first_time(path: str, seen: set[str]) -> bool:
     return True
 
 
-def _walk(top: str, recursive: bool, visited: set[tuple[int, int]]) -> Iterator[str]:
-    """Images under ``top``, sorted by name, hidden entries skipped, symlink loops cut."""
+def _walk(
+    top: str, recursive: bool, visited: set[tuple[int, int]], tally: Tally
+) -> Iterator[Source]:
+    """Images under ``top``, sorted by name, hidden entries skipped, symlink loops cut; a
+    folder that cannot be listed is a Source carrying the reason."""
     try:
         st = os.stat(top)
-    except OSError:
+    except OSError as exc:
+        yield Source(top, error=f"cannot read the folder: {exc.strerror or exc}")
         return
     ident = (st.st_dev, st.st_ino)
     if ident in visited:
@@ -136,7 +153,8 @@ def _walk(top: str, recursive: bool, visited: set[tuple[int, int]]) -> Iterator[
     try:
         with os.scandir(top) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
+    except OSError as exc:
+        yield Source(top, error=f"cannot read the folder: {exc.strerror or exc}")
         return
     subdirs: list[str] = []
     for entry in entries:
@@ -152,9 +170,11 @@ def _walk(top: str, recursive: bool, visited: set[tuple[int, int]]) -> Iterator[
                 subdirs.append(path)
             continue
         if os.path.splitext(entry.name)[1].lower() in EXTENSIONS and looks_like_image(path):
-            yield path
+            yield Source(path)
+        else:
+            tally.not_images += 1
     for sub in subdirs:
-        yield from _walk(sub, recursive, visited)
+        yield from _walk(sub, recursive, visited, tally)
 
 
 # First bytes of every format images.FORMATS decodes.
@@ -172,14 +192,22 @@ _MAGIC = (
 def looks_like_image(path: str) -> bool:
     """True unless the file's first bytes rule out every supported format.
 
-    An empty or unreadable file counts as an image here, so that its record reports the
-    problem instead of the file vanishing silently.
+    An empty, unreadable or special file (a FIFO, a device) counts as an image here, so that
+    its record reports the problem instead of the file vanishing silently; it is opened
+    without blocking and not read.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True
+        head = os.read(fd, 16)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
     if not head:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":

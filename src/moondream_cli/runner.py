@@ -17,11 +17,11 @@ from .decoding import Decoder
 from .engine import Answer, Request, Sampling
 from .errors import InputError
 from .grammars import Constraint
-from .images import Pixels, load_image
+from .images import Pixels, Prepare, prepare
 from .inputs import Source
 from .records import Record
-from .reference import Fit
 
+AS_DECODED = Prepare()  # no projector size known: the engine fits the pixels itself
 LOOKAHEAD = 3  # images decoded ahead of the model; bounds memory to a few decoded images
 
 
@@ -89,17 +89,17 @@ def run(
     read_stdin: Callable[[], bytes] | None = None,
     on_text: Callable[[str], None] | None = None,
     lookahead: int = LOOKAHEAD,
-    image_size: int | None = None,
-    fit: Fit = Fit.STRETCH,
+    preparation: Prepare = AS_DECODED,
     workers: int | None = None,
 ) -> Generator[ImageResult, None, None]:
     """Yield one :class:`ImageResult` per input, in input order.
 
-    ``skip(source)`` is asked before decoding (e.g. "its sidecar exists"); ``read_stdin``
+    ``skip(source)`` is asked before decoding (e.g. "its sidecar exists"; an InputError it
+    raises becomes that input's records, undecoded); ``read_stdin``
     supplies the bytes of the ``-`` input; ``on_text`` streams the answer's text (one image,
-    one question). Images are fitted to the projector's ``image_size`` as ``fit`` says while
-    they are decoded, ``workers`` at a time (default: ``decoding.default_workers``), off the
-    model's thread.
+    one question). Images are decoded and fitted as ``preparation`` says (the projector's
+    size, the fit, the size limit), ``workers`` at a time (``decoding.default_workers``
+    unless given), off the model's thread.
     """
     if sampling.grammar is None and constraint is not None:
         sampling = Sampling(
@@ -110,12 +110,17 @@ def run(
         )
 
     def decode(index: int, source: Source) -> _Decoded:
-        return _decode(index, source, read_stdin, (image_size, fit))
+        return _decode(index, source, read_stdin, preparation)
 
     def now(index: int, source: Source) -> _Decoded | None:
-        if skip is not None and skip(source):
-            return _Decoded(index, source, None, None, 0.0, skipped=True)
-        return None
+        """A result without decoding: the input is skipped, or its outputs cannot be had."""
+        try:
+            if skip is None or not skip(source):
+                return None
+        except InputError as exc:
+            exc.path = source.label
+            return _Decoded(index, source, None, exc, 0.0)
+        return _Decoded(index, source, None, None, 0.0, skipped=True)
 
     decoder = Decoder(sources, decode, now=now, workers=workers, lookahead=lookahead)
     # Keys are unique to this run, so an engine reused across runs never mistakes a new
@@ -244,18 +249,19 @@ def _decode(
     index: int,
     source: Source,
     read_stdin: Callable[[], bytes] | None,
-    fitting: tuple[int | None, Fit],
+    preparation: Prepare,
 ) -> _Decoded:
     start = time.perf_counter()
-    size, fit = fitting
     try:
+        if source.error is not None:
+            raise InputError(source.error, path=source.label)
         if source.from_stdin:
             if read_stdin is None:
                 raise InputError("reading an image from stdin is not possible here", path="-")
             data: bytes | str = read_stdin()
         else:
             data = source.label
-        pixels = load_image(data, label=source.label, size=size, fit_to=fit)
+        pixels = prepare(data, preparation, label=source.label)
         return _Decoded(index, source, pixels, None, (time.perf_counter() - start) * 1000)
     except InputError as exc:
         return _Decoded(index, source, None, exc, (time.perf_counter() - start) * 1000)

@@ -41,6 +41,7 @@ class Settings:
     seed: int | None = None
     batch: int | None = None  # images answered together; None: the engine's plan
     fit: Fit = Fit.STRETCH  # the reference's stretch to the projector's square, or letterbox
+    max_megapixels: float = 250  # larger images are refused (images.MAX_MEGAPIXELS, the same)
     # -- what reaches stderr
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes

@@ -1,0 +1,149 @@
+"""Hostile and unlucky inputs: whatever one input is, it costs exactly its own record, nothing
+blocks, nothing is read without bound, and nothing vanishes silently.
+
+The two EXIF files in tests/data/hostile were found by mutating a JPEG's EXIF block: Pillow's
+``exif_transpose`` raises ``struct.error`` and ``TypeError`` on them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, draw_photo
+from moondream_cli.engine import Engine, EngineOptions, Sampling
+from moondream_cli.errors import InputError
+from moondream_cli.images import load_image, read_bounded
+from moondream_cli.inputs import Tally, expand
+from moondream_cli.locate import find_pair
+from moondream_cli.runner import run
+
+HOSTILE = Path(__file__).parent / "data" / "hostile"
+
+
+def _within(seconds: float, work: Callable[[], object]) -> object:
+    """``work()``'s result, failing (not hanging) the test if it blocks."""
+    box: list[object] = []
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:  # handed to the test's thread below
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for more than {seconds} s"
+    if failed:
+        raise failed[0]
+    return box[0]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path) -> Iterator[Engine]:
+    with Engine(find_pair(tiny_model), EngineOptions(threads=1, gpu=False, batch=1)) as loaded:
+        yield loaded
+
+
+@pytest.mark.parametrize(
+    ("name", "raised"), [("exif-type-error.jpg", "TypeError"), ("exif-struct-error.jpg", "error")]
+)
+def test_whatever_the_decoder_raises_is_an_input_error(name: str, raised: str) -> None:
+    with pytest.raises(InputError, match=f"corrupt image \\({raised}: ") as caught:
+        load_image(HOSTILE / name)
+    assert caught.value.path == str(HOSTILE / name)
+
+
+def test_a_malformed_exif_block_costs_only_its_own_record(engine: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "album"
+    folder.mkdir()
+    draw_photo(seed=1).save(folder / "a.jpg")
+    (folder / "b.jpg").write_bytes((HOSTILE / "exif-type-error.jpg").read_bytes())
+    draw_photo(seed=2).save(folder / "c.jpg")
+    results = list(run(expand([str(folder)]), ["What is it?"], engine, Sampling(max_tokens=2)))
+    assert [r.source.label.rsplit("/", 1)[1] for r in results] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r.records[0].ok for r in results] == [True, False, True]
+    assert "TypeError" in str(results[1].records[0].error)
+
+
+def test_a_fifo_in_a_folder_neither_blocks_the_walk_nor_the_read(tmp_path: Path) -> None:
+    folder = tmp_path / "album"
+    folder.mkdir()
+    draw_photo().save(folder / "a.jpg")
+    os.mkfifo(folder / "b.jpg")  # nobody ever writes to it
+    sources = _within(5, lambda: list(expand([str(folder)])))
+    assert isinstance(sources, list) and [s.label[-5:] for s in sources] == ["a.jpg", "b.jpg"]
+    with pytest.raises(InputError, match=r"not a regular file \(a FIFO\)"):
+        _within(5, lambda: load_image(folder / "b.jpg"))
+
+
+def test_a_device_is_refused_without_reading_it() -> None:
+    with pytest.raises(InputError, match=r"not a regular file \(a character device\)"):
+        _within(5, lambda: load_image("/dev/zero"))
+
+
+def test_a_huge_sparse_file_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0")
+        f.truncate(6 << 30)  # 6 GiB, almost all hole
+    with pytest.raises(InputError, match="file too large for an image"):
+        load_image(path)
+    with pytest.raises(InputError, match="file too large"):
+        read_bounded(str(path), limit=1 << 20)
+
+
+@pytest.mark.slow
+def test_an_unreadable_folder_is_a_record_not_silence(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    draw_photo().save(locked / "a.jpg")
+    locked.chmod(0)
+    # Root reads any folder: the walk runs in a child without that capability.
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux) to drop the capability")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from moondream_cli.inputs import expand\n"
+        "print([(s.label, s.error) for s in expand([sys.argv[2]])])"
+    )
+    try:
+        done = subprocess.run(
+            [
+                *(drop if os.geteuid() == 0 else []),
+                sys.executable,
+                "-c",
+                code,
+                str(ROOT / "src"),
+                str(locked),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "cannot read the folder: Permission denied" in done.stdout, done.stdout
+
+
+def test_folder_walks_count_the_files_that_are_not_images(tmp_path: Path) -> None:
+    folder = tmp_path / "album"
+    folder.mkdir()
+    draw_photo().save(folder / "a.jpg")
+    (folder / "notes.txt").write_text("hi")
+    (folder / "fake.png").write_text("not a png")
+    tally = Tally()
+    assert len(list(expand([str(folder)], tally=tally))) == 1
+    assert tally.not_images == 2
