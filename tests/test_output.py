@@ -8,7 +8,7 @@ from moondream_cli.cli.output import Output
 from moondream_cli.errors import Failed, Interrupted, ModelError
 
 
-def test_lines_have_one_prefix_each_and_quiet_keeps_only_problems(
+def test_lines_have_one_prefix_each_and_quiet_keeps_only_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for quiet in (False, True):
@@ -21,8 +21,14 @@ def test_lines_have_one_prefix_each_and_quiet_keeps_only_problems(
         "mdream: warning: disk almost full",
         "mdream: no images found",
         "mdream: error: a.jpg: corrupt",
-        "mdream: warning: disk almost full",
     ]
+
+
+def test_a_newline_or_escape_in_a_name_cannot_forge_or_drive_a_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Output(live=False).error("a.jpg\nmdream: all good\x1b[2J: corrupt")
+    assert capsys.readouterr().err == "mdream: error: a.jpg\\nmdream: all good\\x1b[2J: corrupt\n"
 
 
 def test_steps_are_announced_without_a_bar_except_a_folder_run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -117,3 +118,10 @@ def test_bundle_install_refuses_a_mismatched_pair_with_good_hashes(
     assert not (isolated_home / "models").exists() or not any(
         p.name == manifest["name"] for p in (isolated_home / "models").iterdir()
     )
+
+
+def test_ggml_is_told_never_to_start_gdb_on_an_assert() -> None:
+    from moondream_cli.engine import native
+
+    native.llama()
+    assert os.environ["GGML_NO_BACKTRACE"] == "1"  # read by ggml when it aborts

@@ -73,7 +73,10 @@ def test_folder_jsonl_in_order_bad_file_is_a_record_and_exit_1(
     assert all(r["question"] == "Describe this image." for r in rows)
     assert all(isinstance(r["elapsed_ms"], int) and r["elapsed_ms"] >= 0 for r in rows)
     assert bad["answer"] is None and "corrupt" in str(bad["error"])
-    assert stderr_lines(proc) == [f"mdream: error: {album / CORRUPT}: {bad['error']}"]
+    assert stderr_lines(proc) == [
+        f"mdream: error: {album / CORRUPT}: {bad['error']}",
+        "mdream: left out 2 files in the folders that are not images",  # notes.txt, fake.png
+    ]
 
 
 def test_recursive_adds_subfolders_and_answers_match_single_runs(
@@ -362,7 +365,7 @@ def test_ask_with_an_image_where_the_question_should_be_is_a_usage_error(
     album = make_folder(tmp_path)
     proc = run_mdream("ask", album / "a.jpg", album / "b.png", "-m", tiny_model)
     assert proc.returncode == 2
-    assert "is an image file" in proc.stderr.decode() and proc.stdout == b""
+    assert "looks like a path" in proc.stderr.decode() and proc.stdout == b""
 
 
 def test_repeated_q_gives_one_record_per_question(tiny_model: Path, photo: Path) -> None:

@@ -6,6 +6,7 @@ Exit codes (documented in README.md):
     2  usage error (bad option, bad schema)
     3  model missing, invalid or failed verification
     4  network access attempted during inference
+    5  output could not be written (stdout closed or full, a full or read-only disk)
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM)
 
@@ -20,6 +21,7 @@ EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_NETWORK = 4
+EXIT_OUTPUT = 5
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
@@ -71,6 +73,13 @@ class NetworkAttempted(MdreamError):
     """Something tried to use the network while an image was being processed."""
 
     exit_code = EXIT_NETWORK
+
+
+class OutputError(MdreamError):
+    """Results cannot be written (stdout gone or full, the disk full or read-only): the run
+    stops, since every further answer would be lost too. What was written is whole."""
+
+    exit_code = EXIT_OUTPUT
 
 
 class Interrupted(MdreamError):

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from . import interrupt
-from .errors import InputError, UsageError
+from .errors import UsageError
 from .grammars import Constraint
+from .images import EXTENSIONS
+from .outputs import Outcome, Sink
 from .progress import Progress
-from .records import Format, Record, Renderer, normalize_ext, renderer, sidecar_path, write_atomic
+from .records import Format, normalize_ext, renderer
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .inputs import Source
-    from .runner import ImageResult
+    pass
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,12 @@ class Job:
             raise UsageError("--sidecar holds one answer per image: ask one question at a time")
         if any(not q.strip() for q in self.questions):
             raise UsageError("the question is empty")
-        normalize_ext(s.ext)
+        if normalize_ext(s.ext).lower() in EXTENSIONS:
+            raise UsageError(f"--ext {s.ext} is an image suffix: a sidecar never replaces an image")
+        if s.quiet and s.verbose:
+            raise UsageError("--quiet and --verbose contradict each other: choose one")
+        if s.seed is not None and not s.temperature:
+            raise UsageError("--seed only matters with --temperature above 0 (greedy is exact)")
 
     @property
     def fmt(self) -> Format | None:
@@ -98,16 +102,6 @@ class Job:
             ) from exc
 
 
-@dataclass
-class Outcome:
-    """How a run went, for the exit code."""
-
-    seen: int = 0
-    failed: int = 0  # inputs with a failed record
-    skipped: int = 0  # inputs whose sidecar existed
-    stopped: bool = False  # --fail-fast ended it early
-
-
 def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     """Run ``job``: records to ``out`` (one write each, flushed), sidecars beside their
     images, progress and notes to ``progress``. When ``out`` is a terminal and the job is one
@@ -115,17 +109,22 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
     from . import locate
     from .engine import Engine
+    from .images import Prepare, own_the_size_check, read_stream
     from .inputs import expand
     from .prompts import question_prompt
     from .runner import run as run_inputs
 
     s = job.settings
+    own_the_size_check()
     fmt = job.fmt
     render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
     stream = job.single and job.fmt is Format.TEXT and out.isatty()
     listing = job.open_list()
     try:
-        sources = expand(job.inputs, recursive=s.recursive, files_from=listing, null=s.null)
+        sink = Sink(job, out, render, stream, progress)
+        sources = expand(
+            job.inputs, recursive=s.recursive, files_from=listing, null=s.null, tally=sink.tally
+        )
         files = locate.resolve(s.model_dir)
         # A token is at least one byte: the longest question's prompt in bytes bounds its tokens.
         prompt = max(len(question_prompt(q).encode("utf-8")) for q in job.questions)
@@ -135,8 +134,8 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
             batch=1 if job.one_image else None,
             seq_tokens=prompt + sampling.max_tokens,
         )
-        sink = _Sink(job, out, render, stream, progress)
-        progress.start("images", None, unit="images")
+        if not job.one_image:  # one image: its answer is its progress
+            progress.start("images", None, unit="images")
         try:
             with Engine(files, options) as engine:
                 _count_in_background(job, progress)
@@ -148,10 +147,9 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
                     sampling,
                     constraint=job.constraint,
                     skip=sink.exists,
-                    read_stdin=lambda: sys.stdin.buffer.read(),
-                    on_text=sink.text if stream else None,
-                    image_size=engine.image_size,
-                    fit=engine.fit,
+                    read_stdin=lambda: read_stream(sys.stdin.buffer),
+                    on_text=sink.stream_text if stream else None,
+                    preparation=Prepare(engine.image_size, engine.fit, s.max_megapixels),
                 )
                 try:
                     sink.consume(results)
@@ -165,103 +163,6 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     sink.notes()
     out.flush()
     return sink.outcome
-
-
-class _Sink:
-    """Where one run's results go: stdout, sidecars, progress."""
-
-    def __init__(
-        self,
-        job: Job,
-        out: TextIO,
-        render: Renderer | None,
-        stream: bool,
-        progress: Progress,
-    ) -> None:
-        self.job, self.out, self.render, self.stream = job, out, render, stream
-        self.progress = progress
-        self.outcome = Outcome()
-        self.written: set[str] = set()
-        self.ext = job.ext
-
-    def header(self) -> None:
-        if self.render is not None:
-            self.text(self.render.header())
-
-    def text(self, text: str) -> None:
-        if not text:
-            return
-        with interrupt.shielded():  # a record lands whole, or not at all
-            self.out.write(text)
-            self.out.flush()
-
-    def exists(self, source: Source) -> bool:
-        """Skip this input: its sidecar is there and may not be replaced."""
-        s = self.job.settings
-        if not s.sidecar or s.overwrite:
-            return False
-        label = source.label
-        path = sidecar_path(label, self.ext)
-        # An image whose name already ends in the sidecar suffix is not its own sidecar: it
-        # goes on, and its record will say why no sidecar can be written.
-        return path.exists() and not _same_file(path, label)
-
-    def consume(self, results: Iterator[ImageResult]) -> None:
-        outcome, progress = self.outcome, self.progress
-        for result in results:
-            outcome.seen += 1
-            if result.skipped:
-                outcome.skipped += 1
-                progress.advance(1)
-                continue
-            records = result.records
-            if self.job.settings.sidecar:
-                records = [self._write_sidecar(r) for r in records]
-            if self.render is not None:
-                if self.stream and records[0].ok:
-                    self.text("\n")  # the answer itself was streamed
-                else:
-                    self.text("".join(self.render.render(r) for r in records))
-            bad = [r for r in records if not r.ok]
-            for reason in dict.fromkeys(r.error for r in bad):
-                progress.error(f"{records[0].path}: {reason}")
-            progress.advance(1, failed=int(bool(bad)))
-            if bad:
-                outcome.failed += 1
-                if self.job.settings.fail_fast:
-                    progress.info("stopping at the first failure (--fail-fast)")
-                    outcome.stopped = True
-                    return
-
-    def notes(self) -> None:
-        outcome = self.outcome
-        if not outcome.seen:
-            self.progress.info("no images found")
-        if outcome.skipped:
-            plural = "s" if outcome.skipped != 1 else ""
-            self.progress.info(
-                f"kept {outcome.skipped} existing {self.ext} sidecar{plural}"
-                " (--overwrite replaces them)"
-            )
-
-    def _write_sidecar(self, record: Record) -> Record:
-        if not record.ok or record.answer is None:
-            return record
-        path = sidecar_path(record.path, self.ext)
-        key = os.path.realpath(path)
-        try:
-            if key == os.path.realpath(record.path):
-                raise InputError(
-                    f"the {self.ext} sidecar would replace the image itself; use --ext"
-                )
-            if key in self.written:
-                raise InputError(f"{path} was already written for another image in this run")
-            with interrupt.shielded():  # the sidecar lands whole, or not at all
-                write_atomic(path, record.answer + "\n")
-            self.written.add(key)
-        except InputError as exc:
-            return Record(record.path, record.question, None, exc.message, record.elapsed_ms)
-        return record
 
 
 def _count_in_background(job: Job, progress: Progress) -> None:
@@ -295,10 +196,3 @@ def _count_in_background(job: Job, progress: Progress) -> None:
         progress.update(total=total)
 
     threading.Thread(target=count, name="mdream-count", daemon=True).start()
-
-
-def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-__all__ = ["Job", "Outcome", "run"]

@@ -33,7 +33,11 @@ class ModelFiles:
 def resolve(model_dir: str | os.PathLike[str] | None = None) -> ModelFiles:
     """Return the model files to load, checked; raise ModelError with what to do next."""
     if model_dir is not None:
-        return from_dir(Path(model_dir))
+        given = Path(model_dir)
+        installed = paths.models_dir() / str(model_dir)
+        if not given.is_dir() and mf.valid_name(str(model_dir)) and installed.is_dir():
+            return from_dir(installed)  # --model-dir NAME: an installed bundle
+        return from_dir(given)
     env = os.environ.get("MDREAM_MODEL")
     if env:
         candidate = Path(env).expanduser()
@@ -77,7 +81,12 @@ def default_bundle_name() -> str | None:
 
 def from_dir(directory: Path) -> ModelFiles:
     if not directory.is_dir():
-        raise ModelError(f"model folder not found — {NO_MODEL_HINT}", path=str(directory))
+        names = ", ".join(installed_bundles()) or "none"
+        raise ModelError(
+            f"no such model folder or installed bundle (installed: {names}) — "
+            "run `mdream bundle list`, `mdream fetch`, or `mdream bundle install FILE.tar`",
+            path=str(directory),
+        )
     files = _from_bundle(directory) if (directory / mf.MANIFEST).is_file() else find_pair(directory)
     check_pair(files.text, files.mmproj)
     return files

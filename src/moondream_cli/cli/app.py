@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__, interrupt
-from ..errors import EXIT_USAGE, MdreamError, OutputClosed
+from ..errors import EXIT_USAGE, MdreamError, OutputClosed, OutputError
 from . import bundles, doctor, infer
-from .output import Output, silence_stdout
+from .output import ClosedStdout, Output, silence_stdout
 
 app = typer.Typer(
     name="mdream",
@@ -90,14 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map every failure to one line and one exit code."""
     debug = os.environ.get("MDREAM_DEBUG") == "1"
     interrupt.install()
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        sys.stdout = ClosedStdout()  # also holds fd 1, so no file opened later lands there
     output = Output(live=False)
     try:
         code = app(args=argv, prog_name="mdream", standalone_mode=False)
     except MdreamError as exc:
         if debug:
             traceback.print_exc()
-        if isinstance(exc, OutputClosed):
-            silence_stdout()
+        if isinstance(exc, (OutputClosed, OutputError)):
+            silence_stdout()  # what is still buffered can go nowhere: not a second error
         output.report(exc)
         code = exc.exit_code
     except typer.Exit as exc:
@@ -123,4 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         silence_stdout()
+    except (OSError, ValueError) as exc:  # a full disk or /dev/full behind stdout
+        silence_stdout()
+        output.report(OutputError(f"cannot write the results to stdout: {exc}"))
+        code = OutputError.exit_code
     sys.exit(code if isinstance(code, int) else 0)

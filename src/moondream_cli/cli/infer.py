@@ -64,9 +64,10 @@ def describe(
         ),
     ] = None,
     *,
-    length: Annotated[Length, typer.Option("--length", "-l", help="Caption length.")] = (
-        Length.NORMAL
-    ),
+    length: Annotated[
+        Length | None,
+        typer.Option("--length", "-l", help="Caption length. Default: normal.", show_default=False),
+    ] = None,
     style: Annotated[
         Style,
         typer.Option(
@@ -80,7 +81,9 @@ def describe(
     """Describe each image in words (or as tags)."""
     from ..jobs import Job
 
-    task = describe_task(style, length)
+    if style is Style.TAGS and length is not None:
+        raise UsageError("--length applies to captions; --style tags has its own length")
+    task = describe_task(style, length or Length.NORMAL)
     _run(Job(tuple(images or ()), (task.question,), settings, task.max_tokens))
 
 
@@ -130,7 +133,7 @@ def ask(
         raise UsageError("use --choices or --json-schema, not both")
     constraint = None
     if choices is not None:
-        constraint = grammars.choices_constraint(grammars.parse_choices(choices))
+        constraint = grammars.choices_constraint(grammars.parse_choices(as_text(choices)))
     elif json_schema is not None:
         constraint = grammars.schema_constraint(json_schema)
     images, questions = _split_ask_args(
@@ -149,18 +152,25 @@ def _split_ask_args(
     """(images, questions) from ``ask``'s arguments: the last one is the question, unless -q
     gives them or a structured answer needs none."""
     if question:
-        return args, list(question)
+        return args, [as_text(q) for q in question]
     if constraint is not None and args and (len(args) == 1 or _names_an_input(args[-1])):
         # A structured answer needs no question: ask what the schema or the choices say.
         return args, [constraint.default_question]
     if not args or (len(args) < 2 and not has_list):
         raise UsageError('ask needs an image and a question: mdream ask IMAGE "QUESTION"')
-    if _names_an_image(args[-1]):
+    if _looks_like_a_path(args[-1]):
         raise UsageError(
-            f"the last argument is the question, but {args[-1]!r} is an image file — "
+            f"the last argument is the question, but {as_text(args[-1])!r} looks like a path — "
             'add the question: mdream ask IMAGE... "QUESTION" (or use -q)'
         )
-    return args[:-1], [args[-1]]
+    return args[:-1], [as_text(args[-1])]
+
+
+def as_text(arg: str) -> str:
+    """A command-line argument as the text the user typed. Under a non-UTF-8 locale Python
+    keeps the UTF-8 bytes of "très" as surrogates, which no tokenizer takes: they are read as
+    UTF-8 again (anything still undecodable becomes U+FFFD)."""
+    return os.fsencode(arg).decode("utf-8", errors="replace")
 
 
 def _run(job: Job) -> None:
@@ -172,7 +182,7 @@ def _run(job: Job) -> None:
     from .output import Output, claim_stdout
 
     guard.forbid_network()
-    out = claim_stdout()
+    out = claim_stdout(needed=job.fmt is not None)
     with Output(quiet=job.settings.quiet) as output:
         native.set_log_writer(output.native_log)
         outcome = jobs.run(job, out, output)
@@ -188,6 +198,16 @@ def _names_an_image(text: str) -> bool:
 
 def _names_an_input(text: str) -> bool:
     return text == "-" or _names_an_image(text) or os.path.isdir(text)
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """An existing file or folder, a name ending in a slash, or a single word with an image
+    suffix (``missing.jpg``): not a question."""
+    from ..images import EXTENSIONS
+
+    if text == "-" or os.path.exists(text) or text.endswith(("/", os.sep)):
+        return True
+    return len(text.split()) == 1 and os.path.splitext(text)[1].lower() in EXTENSIONS
 
 
 __all__ = ["register"]

@@ -21,23 +21,30 @@ from ..records import Format
 from ..reference import Fit
 from ..settings import Settings
 
+
+def flag(*names: str, help: str) -> Any:
+    """A boolean option, shown in --help without a ``<bool>`` placeholder."""
+    return typer.Option(*names, help=help, metavar="")
+
+
 ModelDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--model-dir",
         "-m",
+        metavar="DIR|NAME",
         help="Folder with a text GGUF and an mmproj GGUF, or an installed bundle. "
         "Default: $MDREAM_MODEL, else the installed default bundle.",
         file_okay=False,
         show_default=False,
     ),
 ]
-CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is available.")]
+CpuOpt = Annotated[bool, flag("--cpu", help="Run on the CPU even when a GPU is available.")]
 
 # Each field of Settings, in its order, as the option that sets it.
 SETTING_OPTIONS: dict[str, Any] = {
     "recursive": Annotated[
-        bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder arguments.")
+        bool, flag("--recursive", "-r", help="Descend into subfolders of folder arguments.")
     ],
     "files_from": Annotated[
         str | None,
@@ -49,7 +56,7 @@ SETTING_OPTIONS: dict[str, Any] = {
         ),
     ],
     "null": Annotated[
-        bool, typer.Option("--null", "-0", help="--files-from entries end in NUL (find -print0).")
+        bool, flag("--null", "-0", help="--files-from entries end in NUL (find -print0).")
     ],
     "fmt": Annotated[
         Format | None,
@@ -62,28 +69,37 @@ SETTING_OPTIONS: dict[str, Any] = {
     ],
     "sidecar": Annotated[
         bool,
-        typer.Option("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
+        flag("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
     ],
     "ext": Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")],
     "overwrite": Annotated[
         bool,
-        typer.Option(
-            "--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."
-        ),
+        flag("--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."),
     ],
-    "fail_fast": Annotated[
-        bool, typer.Option("--fail-fast", help="Stop at the first input that fails.")
-    ],
+    "fail_fast": Annotated[bool, flag("--fail-fast", help="Stop at the first input that fails.")],
     "model_dir": ModelDirOpt,
     "cpu": CpuOpt,
     "threads": Annotated[
         int | None,
         typer.Option(
-            "--threads", "-t", min=1, help="CPU threads. Default: the number of physical cores."
+            "--threads",
+            "-t",
+            min=1,
+            metavar="N",
+            help="CPU threads. Default: the number of physical cores.",
         ),
     ],
     "max_tokens": Annotated[
-        int | None, typer.Option("--max-tokens", "-n", min=1, help="Longest answer, in tokens.")
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            "-n",
+            min=1,
+            metavar="N",
+            help="Longest answer, in tokens. Default: describe 64 / 256 / 512 by --length, "
+            "128 for --style tags; ask 256.",
+            show_default=False,
+        ),
     ],
     "temperature": Annotated[
         float,
@@ -116,13 +132,19 @@ SETTING_OPTIONS: dict[str, Any] = {
             "Moondream2 did, or 'letterbox' (grey bars) as other llama.cpp tools do.",
         ),
     ],
+    "max_megapixels": Annotated[
+        float,
+        typer.Option(
+            "--max-megapixels",
+            min=0.01,
+            help="Refuse images larger than this many megapixels (phone photos are 12–200).",
+        ),
+    ],
     "verbose": Annotated[
         bool,
-        typer.Option("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr."),
+        flag("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr."),
     ],
-    "quiet": Annotated[
-        bool, typer.Option("--quiet", help="No progress or hints on stderr; errors only.")
-    ],
+    "quiet": Annotated[bool, flag("--quiet", help="No progress or hints on stderr; errors only.")],
 }
 
 F = TypeVar("F", bound=Callable[..., None])

@@ -10,37 +10,72 @@ honoured here, once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 from typing import Any, TextIO
 
-from ..errors import Interrupted, MdreamError
+from ..errors import Interrupted, MdreamError, OutputError
 from ..progress import Progress
+from ..records import escape_line
 
 
-def claim_stdout() -> TextIO:
+def claim_stdout(*, needed: bool = True) -> TextIO:
     """Keep fd 1 for results alone.
 
     The real stdout is moved to a private descriptor that only mdream writes to, and fd 1
     is pointed at stderr, so any stray C-level print from a native library can never mix
     into the results. Returns the stream results are written to (also set as sys.stdout).
+    A closed stdout (``>&-``) is an OutputError when results are ``needed``, else results
+    go nowhere. File names that are not UTF-8 are written as their own bytes.
     """
-    sys.stdout.flush()
-    private = os.dup(1)
+    closed = isinstance(sys.stdout, ClosedStdout)
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        if closed:
+            raise OSError(9, "stdout is closed")
+        private = os.dup(1)
+    except OSError:
+        if needed:
+            raise OutputError(
+                "stdout is closed: the results have nowhere to go (redirect it, e.g. > out.txt)"
+            ) from None
+        private = os.open(os.devnull, os.O_WRONLY)
     os.dup2(2, 1)
     tty = os.isatty(private)
     binary = os.fdopen(private, "wb", buffering=0 if tty else -1)
     stream = io.TextIOWrapper(
         binary,
         encoding="utf-8",
-        errors="replace",
+        errors="surrogateescape",
         newline="\n",
         line_buffering=tty,
         write_through=tty,
     )
     sys.stdout = stream
     return stream
+
+
+class ClosedStdout(io.TextIOBase):
+    """Where sys.stdout points when the shell closed it: writing a result is an OutputError
+    (exit 5), not an AttributeError on None. It holds fd 1 open on /dev/null meanwhile: a
+    file opened later (a model) must never get fd 1 and receive results."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with contextlib.suppress(OSError):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            if fd != 1:
+                os.dup2(fd, 1)
+                os.close(fd)
+
+    def write(self, text: str) -> int:
+        raise OutputError("stdout is closed: the results have nowhere to go (redirect it)")
+
+    def fileno(self) -> int:
+        raise OSError(9, "stdout is closed")
 
 
 def silence_stdout() -> None:
@@ -77,7 +112,8 @@ class Output(Progress):
         self._line(f"mdream: error: {message}")
 
     def warn(self, message: str) -> None:
-        self._line(f"mdream: warning: {message}")
+        if not self.quiet:
+            self._line(f"mdream: warning: {message}")
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -104,6 +140,9 @@ class Output(Progress):
             self._line(line)
 
     def _line(self, text: str) -> None:
+        # File names, model output and manifests reach this line: a newline in a name must
+        # not forge a second line, nor an escape sequence drive the terminal.
+        text = escape_line(text)
         if self._bar is not None:
             self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
             return
@@ -174,9 +213,14 @@ def _bar(unit: str) -> Any:
     console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
 
     class Rate(ProgressColumn):
+        """Images done ÷ time elapsed: rich's windowed speed jumps wildly when skipped
+        images finish in bursts."""
+
         def render(self, task: Task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.2f} img/s" if speed else "– img/s")
+            elapsed = task.finished_time if task.finished else task.elapsed
+            if not elapsed or not task.completed:
+                return Text("– img/s")
+            return Text(f"{task.completed / elapsed:.2f} img/s")
 
     if unit == "images":
         columns: list[Any] = [
@@ -195,4 +239,4 @@ def _bar(unit: str) -> Any:
     return Bars(*columns, console=console, transient=True)
 
 
-__all__ = ["Output", "claim_stdout", "silence_stdout"]
+__all__ = ["ClosedStdout", "Output", "claim_stdout", "silence_stdout"]
