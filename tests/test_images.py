@@ -9,8 +9,10 @@ import pytest
 from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
 
 from conftest import draw_photo
+from moondream_cli import images
 from moondream_cli.errors import InputError
 from moondream_cli.images import FORMATS, Pixels, fit, load_image, own_the_size_check
+from moondream_cli.inputs import looks_like_image
 from moondream_cli.reference import Fit
 
 
@@ -203,3 +205,35 @@ def test_a_large_jpeg_stretched_from_its_draft_is_close_to_full_decoding() -> No
     assert isinstance(extrema, tuple)
     assert max(band[1] for band in extrema if isinstance(band, tuple)) <= 16  # sharp edges
     assert sum(ImageStat.Stat(diff).mean) / 3 < 1.0
+
+
+def test_avif_decodes_with_pillows_own_decoder(tmp_path: Path) -> None:
+    img = draw_photo((64, 48))
+    path = tmp_path / "phone.avif"
+    img.save(path, quality=95)
+    pixels = load_image(path)
+    assert (pixels.width, pixels.height) == (64, 48)
+    assert looks_like_image(str(path))
+
+
+@pytest.mark.skipif(not images.HEIF, reason="pillow-heif (the 'heic' extra) is not installed")
+def test_heic_decodes_through_the_optional_extra_and_is_stripped(tmp_path: Path) -> None:
+    img = draw_photo((64, 48))
+    exif = Image.Exif()
+    exif[0x0110] = "iPhone 15 Pro"
+    path = tmp_path / "IMG_0001.HEIC"
+    img.save(path, format="HEIF", quality=95, exif=exif.tobytes())
+    pixels = load_image(path)
+    assert (pixels.width, pixels.height) == (64, 48)
+    assert b"iPhone" not in pixels.data
+    assert looks_like_image(str(path))
+
+
+def test_heic_without_its_decoder_names_the_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "IMG_0002.heic"
+    path.write_bytes(b"\x00\x00\x00\x1cftypheic" + b"\x00" * 64)  # a HEIC Pillow cannot open
+    monkeypatch.setattr(images, "HEIF", False)
+    with pytest.raises(InputError, match=r"needs its decoder: pip install 'mdream\[heic\]'"):
+        load_image(path)

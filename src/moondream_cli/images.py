@@ -23,10 +23,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError
 from .reference import Fit
 
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# HEIC/HEIF (iPhones) through pillow-heif, an optional extra (`pip install 'mdream[heic]'`):
+# its wheels bundle libheif, libde265 and the GPL x265 encoder. AVIF is Pillow's own.
+HEIF_EXTRA = "pip install 'mdream[heic]'"
+try:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF = True
+except ImportError:
+    HEIF = False
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", *(("HEIF",) if HEIF else ()))
 EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
+    | {".avif", ".heic", ".heif", ".hif"}
 )
+# ISO-BMFF brands (bytes 8–12, after "ftyp") of HEIF images, to name the missing decoder.
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 # The model sees 378×378; JPEGs are decoded by libjpeg at a reduced scale (1/2 to 1/8) while
 # they stay at least twice that in each dimension: 5.8× faster for a 12 MP photo, and the
 # stretched pixels differ from full decoding's by 0.2 on average (bench/README.md, "JPEG
@@ -152,6 +165,10 @@ def _decode(source: ImageSource, name: str, side: int, max_megapixels: float) ->
             f"image too large (Pillow's decompression bomb guard): {exc}", path=name
         ) from exc
     except UnidentifiedImageError as exc:
+        if not HEIF and _is_heif(source):
+            raise InputError(
+                f"a HEIC/HEIF image needs its decoder: {HEIF_EXTRA}", path=name
+            ) from exc
         raise InputError(
             f"not a supported image (supported: {', '.join(FORMATS)})", path=name
         ) from exc
@@ -161,6 +178,17 @@ def _decode(source: ImageSource, name: str, side: int, max_megapixels: float) ->
         raise InputError(f"corrupt or truncated image: {exc}", path=name) from exc
     except Exception as exc:
         raise InputError(f"corrupt image ({type(exc).__name__}: {exc})", path=name) from exc
+
+
+def _is_heif(source: ImageSource) -> bool:
+    head = bytes(source[:12]) if isinstance(source, (bytes, bytearray, memoryview)) else b""
+    if isinstance(source, (str, Path)):
+        try:
+            with open(source, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 def _check_size(size: tuple[int, int], max_megapixels: float) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import UsageError
-from .images import EXTENSIONS
+from .images import EXTENSIONS, HEIF_BRANDS
 
 STDIN = "-"
 _CHUNK = 1 << 16
@@ -212,4 +212,6 @@ def looks_like_image(path: str) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
+    if head[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC (a missing decoder is the record's error)
+        return head[8:12] in (b"avif", b"avis", *HEIF_BRANDS)
     return head.startswith(_MAGIC)
