@@ -38,11 +38,13 @@ def _json(run: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Path) -> None:
+def test_a_fresh_install_without_a_model_is_not_healthy_and_says_what_to_do(
+    isolated_home: Path,
+) -> None:
     import llama_cpp
 
     run = run_mdream("doctor", "--format", "json")
-    assert run.returncode == 0, run.stderr.decode()
+    assert run.returncode == 3, run.stderr.decode()
     report = _json(run)
     assert report["mdream"] == "0.1.0"
     assert report["llama_cpp"] == llama_cpp.__version__
@@ -56,7 +58,7 @@ def test_fresh_install_is_healthy_with_the_self_check_skipped(isolated_home: Pat
     assert isinstance(check, dict)
     assert check["status"] == "skipped"
     assert "mdream fetch" in check["detail"]
-    assert report["healthy"] is True
+    assert report["healthy"] is False
 
 
 @pytest.mark.slow

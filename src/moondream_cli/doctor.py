@@ -74,11 +74,13 @@ class Report:
 
     @property
     def healthy(self) -> bool:
-        return not self.problems and self.self_check.status != "fail"
+        """Nothing broken, and a model that answered (or a self-check skipped on request):
+        an installation with no model cannot describe anything yet."""
+        return not self.problems and self.self_check.exit_code == EXIT_OK
 
     @property
     def exit_code(self) -> int:
-        if self.self_check.status == "fail":
+        if self.self_check.exit_code != EXIT_OK:
             return self.self_check.exit_code
         return EXIT_MODEL if self.problems else EXIT_OK
 
@@ -179,9 +181,9 @@ def run_self_check(
         files = locate.resolve(model_dir)
     except ModelError as exc:
         if str(exc) == locate.NO_MODEL_HINT:
-            return SelfCheck("skipped", f"no model to run: {exc}")
+            return SelfCheck("skipped", f"no model to run: {exc}", exit_code=exc.exit_code)
         return SelfCheck("fail", str(exc), exit_code=exc.exit_code)
-    failed = _turn_the_guard_on(files.name)
+    failed = _turn_the_guard_on(_label(files))
     if failed is not None:
         return failed
     before = set(sys.modules)
@@ -197,7 +199,7 @@ def run_self_check(
             tokens = f"pre-tokenizer {engine.pre_tokenizer}"
     except MdreamError as exc:
         return SelfCheck(
-            "fail", str(exc), files.name, time.perf_counter() - start, exit_code=exc.exit_code
+            "fail", str(exc), _label(files), time.perf_counter() - start, exit_code=exc.exit_code
         )
     seconds = time.perf_counter() - start
     loaded = _network_code_loaded_since(before)
@@ -205,7 +207,7 @@ def run_self_check(
         return SelfCheck(
             "fail",
             f"inference imported network code: {', '.join(loaded)}",
-            files.name,
+            _label(files),
             seconds,
             exit_code=NetworkAttempted.exit_code,
         )
@@ -214,7 +216,7 @@ def run_self_check(
         f"guard on (a test socket was refused), HF_HUB_OFFLINE=1; answered about a synthetic "
         f"image from memory ({len(answer)} characters) with no network use and no network "
         f"code imported; {tokens}",
-        files.name,
+        _label(files),
         seconds,
     )
 
@@ -268,3 +270,8 @@ def _synthetic_image() -> Any:
     draw.rectangle((8, 8, 30, 30), fill=(200, 60, 40))
     draw.ellipse((34, 12, 60, 44), fill=(40, 90, 200))
     return img
+
+
+def _label(files: locate.ModelFiles) -> str:
+    """An installed bundle by name; a folder given with -m or MDREAM_MODEL by its path."""
+    return files.name if files.bundle is not None else str(files.text.parent)

@@ -28,8 +28,8 @@ EPILOG = """Examples:
 
   mdream doctor --no-self-check
 
-Exit 0 when healthy (a self-check skipped for lack of a model is healthy); otherwise the
-exit code of what failed (3 a model or bundle problem, 4 network use during inference).
+Exit 0 when healthy; otherwise the exit code of what failed (3 no model installed, or a
+model or bundle problem; 4 network use during inference).
 """
 
 
