@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -23,7 +24,8 @@ from .records import Format, normalize_ext, renderer
 from .settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from .inputs import Source
+    from .runner import ImageResult
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class Job:
             raise UsageError("the question is empty")
         if normalize_ext(s.ext).lower() in EXTENSIONS:
             raise UsageError(f"--ext {s.ext} is an image suffix: a sidecar never replaces an image")
+        if s.ray is None and (s.workers is not None or s.unordered):
+            raise UsageError("--workers and --unordered only apply with --ray")
+        if s.ray is not None and "-" in inputs:
+            raise UsageError("--ray needs image files the workers can read, not stdin")
         if s.quiet and s.verbose:
             raise UsageError("--quiet and --verbose contradict each other: choose one")
         if s.seed is not None and not s.temperature:
@@ -75,6 +81,13 @@ class Job:
     @property
     def ext(self) -> str:
         return normalize_ext(self.settings.ext)
+
+    def seq_tokens(self, max_tokens: int) -> int:
+        """The most text tokens one sequence needs: a token is at least one byte, so the
+        longest question's prompt in bytes bounds its tokens, plus the answer's."""
+        from .prompts import question_prompt
+
+        return max(len(question_prompt(q).encode("utf-8")) for q in self.questions) + max_tokens
 
     @property
     def one_image(self) -> bool:
@@ -105,56 +118,39 @@ class Job:
 def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     """Run ``job``: records to ``out`` (one write each, flushed), sidecars beside their
     images, progress and notes to ``progress``. When ``out`` is a terminal and the job is one
-    image and one question in text, the answer is streamed as it is generated."""
+    image and one question in text, the answer is streamed as it is generated. With
+    ``settings.ray`` the images are answered on a Ray cluster (:mod:`moondream_cli.ray`),
+    and everything else here stays the same."""
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
-    from . import locate
-    from .engine import Engine
-    from .images import Prepare, own_the_size_check, read_stream
+    from .images import own_the_size_check
     from .inputs import expand
-    from .prompts import question_prompt
-    from .runner import run as run_inputs
 
     s = job.settings
     own_the_size_check()
     fmt = job.fmt
     render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
-    stream = job.single and job.fmt is Format.TEXT and out.isatty()
+    stream = job.single and job.fmt is Format.TEXT and out.isatty() and s.ray is None
     listing = job.open_list()
     try:
         sink = Sink(job, out, render, stream, progress)
         sources = expand(
             job.inputs, recursive=s.recursive, files_from=listing, null=s.null, tally=sink.tally
         )
-        files = locate.resolve(s.model_dir)
-        # A token is at least one byte: the longest question's prompt in bytes bounds its tokens.
-        prompt = max(len(question_prompt(q).encode("utf-8")) for q in job.questions)
-        sampling = s.sampling(job.max_tokens)
-        options = s.engine_options(
-            # One image never needs KV caches for sequences that would not be used.
-            batch=1 if job.one_image else None,
-            seq_tokens=prompt + sampling.max_tokens,
-        )
         if not job.one_image:  # one image: its answer is its progress
             progress.start("images", None, unit="images")
         try:
-            with Engine(files, options) as engine:
-                _count_in_background(job, progress)
-                sink.header()
-                results = run_inputs(
-                    sources,
-                    job.questions,
-                    engine,
-                    sampling,
-                    constraint=job.constraint,
-                    skip=sink.exists,
-                    read_stdin=lambda: read_stream(sys.stdin.buffer),
-                    on_text=sink.stream_text if stream else None,
-                    preparation=Prepare(engine.image_size, engine.fit, s.max_megapixels),
+            if s.ray is not None:
+                from .ray import cluster_results
+
+                results = cluster_results(
+                    job, sources, sink.exists, lambda: _started(job, sink, progress), progress.info
                 )
-                try:
-                    sink.consume(results)
-                finally:
-                    results.close()  # before the engine goes: its generators hold the context
+            else:
+                results = _local_results(job, sources, sink, stream, progress)
+            try:
+                sink.consume(results)
+            finally:
+                results.close()
         finally:
             progress.finish()
     finally:
@@ -163,6 +159,48 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     sink.notes()
     out.flush()
     return sink.outcome
+
+
+def _started(job: Job, sink: Sink, progress: Progress) -> None:
+    """The model is ready: count the inputs for the bar, write the header."""
+    _count_in_background(job, progress)
+    sink.header()
+
+
+def _local_results(
+    job: Job, sources: Iterator[Source], sink: Sink, stream: bool, progress: Progress
+) -> Generator[ImageResult, None, None]:
+    """The results of this process's own engine; it is freed when the generator closes."""
+    from . import locate
+    from .engine import Engine
+    from .images import Prepare, read_stream
+    from .runner import run as run_inputs
+
+    s = job.settings
+    files = locate.resolve(s.model_dir)
+    sampling = s.sampling(job.max_tokens)
+    options = s.engine_options(
+        # One image never needs KV caches for sequences that would not be used.
+        batch=1 if job.one_image else None,
+        seq_tokens=job.seq_tokens(sampling.max_tokens),
+    )
+    with Engine(files, options) as engine:
+        _started(job, sink, progress)
+        results = run_inputs(
+            sources,
+            job.questions,
+            engine,
+            sampling,
+            constraint=job.constraint,
+            skip=sink.exists,
+            read_stdin=lambda: read_stream(sys.stdin.buffer),
+            on_text=sink.stream_text if stream else None,
+            preparation=Prepare(engine.image_size, engine.fit, s.max_megapixels),
+        )
+        try:
+            yield from results
+        finally:
+            results.close()  # before the engine goes: its generators hold the context
 
 
 def _count_in_background(job: Job, progress: Progress) -> None:

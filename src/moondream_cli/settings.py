@@ -42,6 +42,10 @@ class Settings:
     batch: int | None = None  # images answered together; None: the engine's plan
     fit: Fit = Fit.STRETCH  # the reference's stretch to the projector's square, or letterbox
     max_megapixels: float = 250  # larger images are refused (images.MAX_MEGAPIXELS, the same)
+    # -- many machines (moondream_cli.ray; the 'ray' extra)
+    ray: str | None = None  # a Ray cluster's address: answer the images there
+    workers: int | None = None  # model copies on the cluster; None: one per node
+    unordered: bool = False  # records as they finish, not in input order
     # -- what reaches stderr
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes

@@ -140,6 +140,29 @@ SETTING_OPTIONS: dict[str, Any] = {
             help="Refuse images larger than this many megapixels (phone photos are 12–200).",
         ),
     ],
+    "ray": Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Answer on a Ray cluster (host:port; the 'ray' extra). Workers read the "
+            'images from their own storage; see the README, "Many machines".',
+            show_default=False,
+        ),
+    ],
+    "workers": Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            metavar="N",
+            help="With --ray: model copies on the cluster. Default: one per node.",
+            show_default=False,
+        ),
+    ],
+    "unordered": Annotated[
+        bool, flag("--unordered", help="With --ray: records as they finish, not in input order.")
+    ],
     "verbose": Annotated[
         bool,
         flag("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr."),

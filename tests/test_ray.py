@@ -1,0 +1,184 @@
+"""`--ray`: a folder answered on a real two-node Ray cluster gives exactly the local records.
+
+The cluster runs inside a network namespace the test makes (tests/ray_cluster.py), on
+loopback only, with token authentication on, and is stopped afterwards. One cluster serves
+every scenario, to stay within a minute or two on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, draw_photo, run_mdream
+
+IMAGES = 6
+
+
+def _local_path_imports_no_ray(tiny_model: Path, photo: Path) -> bool:
+    probe = (
+        "import sys\n"
+        "from moondream_cli.cli.app import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('RAY' if 'ray' in sys.modules else 'NO RAY', file=sys.stderr)\n"
+    )
+    args = ["describe", str(photo), "-m", str(tiny_model), "-n", "2"]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    return done.stderr.decode().strip().endswith("NO RAY")
+
+
+@pytest.mark.slow
+def test_a_local_describe_never_imports_ray(tiny_model: Path, photo: Path) -> None:
+    assert _local_path_imports_no_ray(tiny_model, photo)
+
+
+def test_without_token_authentication_the_cluster_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moondream_cli.errors import UsageError
+    from moondream_cli.ray import _refuse_an_open_cluster
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(UsageError, match="RAY_AUTH_MODE=token"):
+        _refuse_an_open_cluster()
+
+
+def test_without_the_extra_the_error_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moondream_cli.errors import UsageError
+    from moondream_cli.ray import _import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what Python does when it is not installed
+    with pytest.raises(UsageError, match=r"pip install 'mdream\[ray\]'"):
+        _import_ray()
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Every scenario run once on one cluster: their stdout, stderr and exit codes."""
+    if shutil.which("unshare") is None:
+        pytest.fail("the Ray tests need unshare (util-linux): make test installs it")
+    work = tmp_path_factory.mktemp("ray")
+    album = work / "album"
+    album.mkdir()
+    for i in range(IMAGES):
+        draw_photo(seed=i).save(album / f"{i}.jpg")
+    (album / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    sidecars = work / "sidecars"
+    shutil.copytree(album, sidecars)
+    mdream = f"{sys.executable} -m moondream_cli"
+    common = f"-m {tiny_model} --threads 1 -n 4"
+    commands = [
+        f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --format jsonl",
+        f"{mdream} describe {album} {common} --format jsonl",
+        f"{mdream} describe {sidecars} --ray 127.0.0.1:6380 {common} --sidecar",
+        f"{mdream} describe {sidecars} --ray 127.0.0.1:6380 {common} --sidecar",
+        f"env -u RAY_AUTH_MODE {mdream} describe {album} --ray 127.0.0.1:6380 {common}",
+    ]
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script = [sys.executable, str(ROOT / "tests" / "ray_cluster.py"), str(work), "--"]
+    done = subprocess.run(
+        [*unshare, *script, " ;; ".join(commands)],
+        env=env,
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    runs = json.loads((work / "runs.json").read_text())["runs"]
+    out = {
+        f"run{i}": {
+            "rc": run["rc"],
+            "out": (work / f"run{i}.out").read_bytes(),
+            "err": (work / f"run{i}.err").read_text(errors="replace"),
+        }
+        for i, run in enumerate(runs)
+    }
+    return {"runs": out, "sidecars": sidecars, "album": album}
+
+
+def _records(stdout: bytes) -> list[dict[str, object]]:
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    for row in rows:
+        row.pop("elapsed_ms")
+    return rows
+
+
+def _run(cluster_runs: dict[str, object], i: int) -> dict[str, object]:
+    runs = cluster_runs["runs"]
+    assert isinstance(runs, dict)
+    run = runs[f"run{i}"]
+    assert isinstance(run, dict)
+    return run
+
+
+@pytest.mark.slow
+def test_the_cluster_gives_exactly_the_local_records_in_input_order(
+    cluster_runs: dict[str, object],
+) -> None:
+    cluster, local = _run(cluster_runs, 0), _run(cluster_runs, 1)
+    assert isinstance(cluster["out"], bytes) and isinstance(local["out"], bytes)
+    records = _records(cluster["out"])
+    assert records == _records(local["out"])
+    assert len(records) == IMAGES + 1
+    assert cluster["rc"] == local["rc"] == 1  # the corrupt file is a record and exit 1
+    bad = [r for r in records if r["error"]]
+    assert [str(r["path"]).rsplit("/", 1)[1] for r in bad] == ["bad.jpg"]
+
+
+@pytest.mark.slow
+def test_both_nodes_serve_and_only_mdreams_lines_reach_stderr(
+    cluster_runs: dict[str, object],
+) -> None:
+    err = str(_run(cluster_runs, 0)["err"])
+    assert "mdream: 2 workers on 2 Ray nodes" in err
+    assert "bad.jpg: corrupt or truncated image" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_second_sidecar_run_on_the_cluster_infers_nothing(
+    cluster_runs: dict[str, object],
+) -> None:
+    first, second = _run(cluster_runs, 2), _run(cluster_runs, 3)
+    sidecars = cluster_runs["sidecars"]
+    assert isinstance(sidecars, Path)
+    assert first["rc"] == 1 and f"wrote {IMAGES} .txt sidecars" in str(first["err"])
+    local = {Path(str(r["path"])).stem: r["answer"] for r in _records(_run(cluster_runs, 1)["out"])}  # type: ignore[arg-type]
+    for i in range(IMAGES):
+        assert (sidecars / f"{i}.txt").read_text().strip() == local[str(i)]
+    assert f"kept {IMAGES} existing .txt sidecars" in str(second["err"])
+    assert "wrote" not in str(second["err"])
+
+
+@pytest.mark.slow
+def test_a_cluster_without_token_authentication_is_refused(
+    cluster_runs: dict[str, object],
+) -> None:
+    run = _run(cluster_runs, 4)
+    assert run["rc"] == 2 and "RAY_AUTH_MODE=token" in str(run["err"])
+
+
+@pytest.mark.slow
+def test_nothing_of_the_cluster_is_left_running(cluster_runs: dict[str, object]) -> None:
+    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True)
+    assert left.stdout == b"", left.stdout
+
+
+@pytest.mark.slow
+def test_ray_options_need_ray(tiny_model: Path, photo: Path) -> None:
+    done = run_mdream("describe", photo, "-m", tiny_model, "--workers", "2")
+    assert done.returncode == 2 and b"only apply with --ray" in done.stderr
