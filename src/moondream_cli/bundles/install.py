@@ -8,6 +8,8 @@ place only when all of them check out. Inference never imports this module.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from ..pairing import check_pair
 from ..progress import Progress
 from .installed import default_name, set_default
 from .staging import move_into_place, staging
+from .tarcheck import check_headers
 
 _MANIFEST_MAX = 1 << 20
 _CHUNK = 1 << 20
@@ -38,20 +41,29 @@ def install(
     progress = progress or Progress()
     where = str(tarball)
     try:
-        tar = tarfile.open(tarball, mode="r:")  # noqa: SIM115 - closed by the `with` below
+        raw = open(tarball, "rb")  # noqa: SIM115 - closed by the `with` below
     except FileNotFoundError as exc:
         raise BundleError("no such file", path=where) from exc
     except IsADirectoryError as exc:
         raise BundleError("is a directory, not a bundle tarball", path=where) from exc
-    except (tarfile.TarError, EOFError) as exc:
-        raise BundleError("not a tar archive (a bundle is a plain .tar)", path=where) from exc
     except OSError as exc:
         raise BundleError(f"cannot read: {exc.strerror or exc}", path=where) from exc
-    with tar:
+    with raw:
         try:
-            return _install_from(tar, where, progress, make_default)
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                raise BundleError("not a regular file (a bundle is a plain .tar)", path=where)
+            # Before tarfile parses anything: it must never see a huge pax header.
+            check_headers(raw, where)
+            tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 - closed below
         except (tarfile.TarError, EOFError) as exc:
-            raise BundleError(f"damaged or truncated tarball: {exc}", path=where) from exc
+            raise BundleError("not a tar archive (a bundle is a plain .tar)", path=where) from exc
+        except OSError as exc:
+            raise BundleError(f"cannot read: {exc.strerror or exc}", path=where) from exc
+        with tar:
+            try:
+                return _install_from(tar, where, progress, make_default)
+            except (tarfile.TarError, EOFError) as exc:
+                raise BundleError(f"damaged or truncated tarball: {exc}", path=where) from exc
 
 
 def _install_from(
@@ -132,6 +144,8 @@ def _check_member(
         except tarfile.FilterError as exc:
             raise BundleError(f"unsafe member {name!r} refused: {exc}", path=where) from exc
     # ...then our whitelist: only regular files the manifest names, each once.
+    if member.issparse():  # `tarcheck` refuses these first; kept in case it ever misses one
+        raise BundleError(f"member {name!r} is a sparse file; refused", path=where)
     if not member.isreg():
         kind = (
             "link"

@@ -1,0 +1,107 @@
+"""Bundle installs against hostile and unlucky inputs: crafted tar headers, sparse members,
+hostile manifests, races, signals, leftovers, full disks and planted links."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from moondream_cli.bundles import install as bundle_install
+from moondream_cli.errors import BundleError
+from test_bundles import MMPROJ, NAME, TEXT, members, tarball, tree
+
+__all__ = ["tarball"]  # the module-scoped fixture, shared with test_bundles
+
+TAR = shutil.which("tar")
+
+
+def raw_member(name: str, kind: bytes, payload: bytes) -> bytes:
+    """One tar header and its data, exactly as given: what tarfile's writer would not make."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(payload)
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + payload + b"\0" * (-len(payload) % 512)
+
+
+def crafted_tarball(path: Path, tarball: Path, kind: bytes, payload: bytes) -> Path:
+    """The real bundle with one crafted extended header in front of its first member."""
+    path.write_bytes(raw_member("././@PaxHeader", kind, payload) + tarball.read_bytes())
+    return path
+
+
+# -- extended headers (CVE-2024-6232) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        # tarfile's `\d+ hdrcharset=` search is quadratic in a run of digits: about an hour.
+        (tarfile.XHDTYPE, b"1" * 1_500_000),
+        (tarfile.XHDTYPE, b"9 a=b\n" * 250_000),
+        (tarfile.XGLTYPE, b"12345678" * 200_000),
+        (tarfile.GNUTYPE_LONGNAME, b"n" * 1_500_000),
+    ],
+    ids=["pax-digits", "pax-records", "global-pax", "gnu-long-name"],
+)
+def test_a_huge_extended_header_is_refused_before_tarfile_parses_it(
+    kind: bytes, payload: bytes, tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    path = crafted_tarball(tmp_path / "crafted.tar", tarball, kind, payload)
+    started = time.monotonic()
+    with pytest.raises(BundleError, match="extended tar header of") as err:
+        bundle_install.install(path)
+    assert time.monotonic() - started < 2
+    assert str(err.value).startswith(f"{path}: ")
+    assert tree(isolated_home) == []
+
+
+def test_a_bundle_repacked_by_gnu_tar_in_pax_format_still_installs(
+    tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    if TAR is None:
+        pytest.skip("no tar binary")
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    for info, data in members(tarball):
+        (unpacked / info.name).write_bytes(data)
+    repacked = tmp_path / "repacked.tar"
+    names = ["manifest.json", TEXT, MMPROJ]
+    subprocess.run([TAR, "--format=pax", "-cf", repacked, "-C", unpacked, *names], check=True)
+    with tarfile.open(repacked) as tar:  # each member has a pax header (atime, ctime)
+        assert all(m.pax_headers for m in tar)
+    assert bundle_install.install(repacked).name == NAME
+
+
+# -- sparse members ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_a_sparse_member_is_refused_before_anything_is_written(
+    fmt: str, tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    if TAR is None:
+        pytest.skip("no tar binary")
+    items = members(tarball)
+    manifest = json.loads(items[0][1])
+    folder = tmp_path / "sparse"
+    folder.mkdir()
+    hole = 1 << 30
+    with open(folder / TEXT, "wb") as f:  # a 1 GiB hole and a few real bytes
+        f.truncate(hole)
+        f.write(b"GGUF")
+    manifest["files"][0]["size"] = hole + 4
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / MMPROJ).write_bytes(items[2][1])
+    path = tmp_path / f"sparse-{fmt}.tar"
+    names = ["manifest.json", TEXT, MMPROJ]
+    subprocess.run([TAR, f"--format={fmt}", "-S", "-cf", path, "-C", folder, *names], check=True)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(BundleError, match="is a sparse file"):
+        bundle_install.install(path)
+    assert tree(isolated_home) == []
