@@ -9,12 +9,15 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
-from moondream_cli.errors import BundleError
-from test_bundles import MMPROJ, NAME, TEXT, members, tarball, tree
+from moondream_cli.bundles import recipe as recipes
+from moondream_cli.errors import BundleError, ModelError
+from test_bundles import MMPROJ, NAME, TEXT, members, regular, tarball, tree, write_tar
 
 __all__ = ["tarball"]  # the module-scoped fixture, shared with test_bundles
 
@@ -104,4 +107,63 @@ def test_a_sparse_member_is_refused_before_anything_is_written(
     assert path.stat().st_size < 1 << 20
     with pytest.raises(BundleError, match="is a sparse file"):
         bundle_install.install(path)
+    assert tree(isolated_home) == []
+
+
+# -- hostile manifests ---------------------------------------------------------------------
+
+
+def _manifest(tarball: Path) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(members(tarball)[0][1])
+    return body
+
+
+def test_a_deeply_nested_manifest_is_an_error_not_a_crash() -> None:
+    with pytest.raises(ModelError, match="nested too deeply"):
+        mf.parse_manifest(b"[" * (1 << 20), where="m.json")
+    with pytest.raises(BundleError, match="nested too deeply"):
+        recipes.parse(b'{"format": 1, "files": ' + b"[" * (1 << 20), origin="r.json")
+
+
+@pytest.mark.parametrize(
+    "size",
+    [10**4000, 2**50 + 1, -1, True, 1.5, "12"],
+    ids=["10**4000", "2**50+1", "negative", "bool", "float", "string"],
+)
+def test_a_manifest_size_out_of_bounds_is_refused(size: object, tarball: Path) -> None:
+    body = _manifest(tarball)
+    body["files"][0]["size"] = size
+    with pytest.raises(ModelError, match="invalid size"):
+        mf.parse_manifest(json.dumps(body), where="m.json")
+
+
+def test_the_largest_allowed_size_still_parses(tarball: Path) -> None:
+    body = _manifest(tarball)
+    body["files"][0]["size"] = 2**50
+    assert mf.parse_manifest(json.dumps(body)).files[0].size == 2**50
+
+
+@pytest.mark.parametrize("field", ["name", "path", "sha256"])
+def test_a_name_or_hash_ending_in_a_newline_is_refused(field: str, tarball: Path) -> None:
+    body = _manifest(tarball)
+    if field == "name":
+        body["name"] = "evilnl\n"
+    else:
+        body["files"][0][field] += "\n"
+    with pytest.raises(ModelError, match=r"invalid|not a plain file name"):
+        mf.parse_manifest(json.dumps(body), where="m.json")
+    assert not mf.valid_name("evilnl\n")
+
+
+def test_a_hostile_manifest_in_a_tarball_is_refused_with_one_line(
+    tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    items = members(tarball)
+    for i, manifest in enumerate(
+        [b"[" * 500_000, json.dumps({**_manifest(tarball), "name": "x\n"}).encode()]
+    ):
+        path = write_tar(tmp_path / f"m{i}.tar", [regular("manifest.json", manifest), *items[1:]])
+        with pytest.raises(BundleError) as err:
+            bundle_install.install(path)
+        assert "\n" not in str(err.value)
     assert tree(isolated_home) == []

@@ -21,7 +21,7 @@ from ..progress import Progress
 from .recipe import Recipe, SourceFile
 from .sources import Source, check_file
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` accepts a trailing newline
 
 
 def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
@@ -155,7 +155,7 @@ def _tqdm_class(progress: Progress) -> type:
 
 def _sha_or_none(value: str | None) -> str | None:
     value = (value or "").strip('"').lower()
-    return value if _SHA256.match(value) else None
+    return value if _SHA256.fullmatch(value) else None
 
 
 def _first_line(exc: BaseException) -> str:
