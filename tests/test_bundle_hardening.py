@@ -7,7 +7,9 @@ import json
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import recipe as recipes
+from moondream_cli.bundles.staging import models_lock
 from moondream_cli.errors import BundleError, ModelError
 from test_bundles import MMPROJ, NAME, TEXT, members, regular, tarball, tree, write_tar
 
@@ -167,3 +170,48 @@ def test_a_hostile_manifest_in_a_tarball_is_refused_with_one_line(
             bundle_install.install(path)
         assert "\n" not in str(err.value)
     assert tree(isolated_home) == []
+
+
+# -- two installs at once ------------------------------------------------------------------
+
+
+def _same_name_other_bundle(tarball: Path, path: Path) -> Path:
+    items = members(tarball)
+    body = {**_manifest(tarball), "license": "changed"}
+    return write_tar(path, [regular("manifest.json", json.dumps(body).encode()), *items[1:]])
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_two_installs_of_different_bundles_with_one_name_do_not_both_succeed(
+    tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    other = _same_name_other_bundle(tarball, tmp_path / "other.tar")
+    models = isolated_home / "models"
+    outcome: dict[Path, object] = {}
+
+    def install(path: Path) -> None:
+        try:
+            outcome[path] = bundle_install.install(path).name
+        except BundleError as exc:
+            outcome[path] = exc
+
+    threads = [threading.Thread(target=install, args=(p,)) for p in (tarball, other)]
+    # Held here, the lock lets both installs check their target (free) and stage in full;
+    # then both race for the same name.
+    with models_lock(models):
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(list(models.glob(".staging-*/bundle/.verified.json"))) == 2)
+    for t in threads:
+        t.join(30)
+    errors = [v for v in outcome.values() if isinstance(v, BundleError)]
+    assert len(errors) == 1 and "a different bundle named" in str(errors[0])
+    (winner,) = (p for p, v in outcome.items() if v == NAME)
+    assert (models / NAME / "manifest.json").read_bytes() == members(winner)[0][1]
+    assert sorted(p.name for p in models.iterdir()) == [NAME]

@@ -20,7 +20,7 @@ from ..errors import BundleError, ModelError
 from ..pairing import check_pair
 from ..progress import Progress
 from .installed import default_name, set_default
-from .staging import move_into_place, staging
+from .staging import models_lock, move_into_place, remove_stale, staging
 from .tarcheck import check_headers
 
 _MANIFEST_MAX = 1 << 20
@@ -84,14 +84,10 @@ def _install_from(
         if make_default:
             set_default(manifest.name)
         return Installed(manifest.name, target, already=True)
-    if target.exists() and not _manifest_equal(target, manifest_bytes):
-        raise BundleError(
-            f"a different bundle named {manifest.name!r} is installed — "
-            f"run `mdream bundle remove {manifest.name}` first",
-            path=where,
-        )
+    _refuse_a_different_bundle(target, manifest_bytes, manifest.name, where)
     need = sum(e.size for e in manifest.files)
-    with staging(paths.models_dir(), f".staging-{manifest.name}-", need) as folder:
+    remove_stale(paths.models_dir(), progress)
+    with staging(paths.models_dir(), "staging", manifest.name, need) as folder:
         _extract_members(tar, manifest, folder, where, progress)
         try:  # verified bytes, but do they make one model? Before anything is replaced.
             check_pair(folder / manifest.entry("text").path, folder / manifest.entry("mmproj").path)
@@ -99,10 +95,24 @@ def _install_from(
             raise BundleError(exc.message, path=where) from exc
         (folder / mf.MANIFEST).write_bytes(manifest_bytes)
         mf.record_verified(folder, manifest)
-        move_into_place(folder, target)
-    if make_default or default_name() is None:
-        set_default(manifest.name)
-    return Installed(manifest.name, target)
+        with models_lock(paths.models_dir(), progress):
+            # Again, now that no other install can: one may have finished meanwhile.
+            already = _same_bundle_installed(target, manifest_bytes, manifest)
+            if not already:
+                _refuse_a_different_bundle(target, manifest_bytes, manifest.name, where)
+                move_into_place(folder, target)
+            if make_default or default_name() is None:
+                set_default(manifest.name)
+    return Installed(manifest.name, target, already=already)
+
+
+def _refuse_a_different_bundle(target: Path, manifest_bytes: bytes, name: str, where: str) -> None:
+    if target.exists() and not _manifest_equal(target, manifest_bytes):
+        raise BundleError(
+            f"a different bundle named {name!r} is installed — "
+            f"run `mdream bundle remove {name}` first",
+            path=where,
+        )
 
 
 def _extract_members(

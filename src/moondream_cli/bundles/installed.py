@@ -130,7 +130,9 @@ def remove(name: str) -> Path:
     directory = bundle_dir(name)
     was_default = default_name() == name
     try:
-        trash = Path(tempfile.mkdtemp(prefix=f".remove-{name}-", dir=directory.parent))
+        trash = Path(
+            tempfile.mkdtemp(prefix=paths.work_prefix("remove", name), dir=directory.parent)
+        )
         os.rename(directory, trash / name)
     except OSError as exc:
         raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
