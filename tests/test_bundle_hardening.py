@@ -4,8 +4,10 @@ hostile manifests, races, signals, leftovers, full disks and planted links."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -15,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from conftest import ROOT, run_mdream
+from moondream_cli import doctor, paths
 from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import recipe as recipes
@@ -214,4 +218,76 @@ def test_two_installs_of_different_bundles_with_one_name_do_not_both_succeed(
     assert len(errors) == 1 and "a different bundle named" in str(errors[0])
     (winner,) = (p for p, v in outcome.items() if v == NAME)
     assert (models / NAME / "manifest.json").read_bytes() == members(winner)[0][1]
+    assert sorted(p.name for p in models.iterdir()) == [NAME]
+
+
+# -- leftovers of runs that died -----------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True
+    )
+    return int(child.stdout)
+
+
+def test_the_next_install_removes_only_work_folders_whose_process_is_gone(
+    tarball: Path, isolated_home: Path
+) -> None:
+    models = isolated_home / "models"
+    dead = models / f".staging-{NAME}-pid{_dead_pid()}-k1ll3d"
+    running = models / f".build-{NAME}-pid{os.getpid()}-bu5y00"
+    unknown = models / f".staging-{NAME}-ab12cd"  # made before work folders named their process
+    for folder in (dead, running, unknown):
+        (folder / "bundle").mkdir(parents=True)
+        (folder / "bundle" / TEXT).write_bytes(b"half")
+    notes = {w.path: w.describe() for w in paths.leftovers()}
+    assert sorted(notes) == sorted([dead, unknown])
+    assert "is gone" in notes[dead] and "delete it by hand" in notes[unknown]
+    report = doctor.gather(self_check=False)
+    assert sorted(report.leftovers) == sorted(notes.values())
+
+    bundle_install.install(tarball)
+    assert not dead.exists() and running.is_dir() and unknown.is_dir()
+    assert (models / NAME / "manifest.json").is_file()
+
+
+def test_a_bundle_half_replaced_by_a_run_that_died_is_put_back(
+    tarball: Path, tmp_path: Path, isolated_home: Path
+) -> None:
+    bundle_install.install(tarball)
+    models = isolated_home / "models"
+    old = models / f".old-{NAME}-pid{_dead_pid()}-h4lf00"
+    old.mkdir()
+    os.rename(models / NAME, old / NAME)  # killed between the two renames of a replacement
+    other = _same_name_other_bundle(tarball, tmp_path / "other.tar")
+    with pytest.raises(BundleError, match="a different bundle named"):
+        bundle_install.install(other)  # the original is back, so the other one is refused
+    assert sorted(p.name for p in models.iterdir()) == [NAME]
+
+
+@pytest.mark.slow
+def test_a_folder_left_by_a_killed_install_is_reported_then_removed(
+    tarball: Path, isolated_home: Path
+) -> None:
+    models = isolated_home / "models"
+    with models_lock(models):  # the child stages the bundle in full, then waits here
+        child = subprocess.Popen(
+            [sys.executable, "-m", "moondream_cli", "bundle", "install", str(tarball)],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for(lambda: any(models.glob(".staging-*/bundle/.verified.json")))
+        child.kill()
+        child.wait(30)
+    (left,) = paths.leftovers()
+    assert left.pid == child.pid and left.path.name.startswith(f".staging-{NAME}-pid")
+
+    listed = run_mdream("bundle", "list")
+    assert listed.returncode == 0
+    assert f"mdream: {left.path} was left by an interrupted run".encode() in listed.stderr
+
+    again = run_mdream("bundle", "install", tarball)
+    assert again.returncode == 0, again.stderr
+    assert b"removed .staging-" in again.stderr
     assert sorted(p.name for p in models.iterdir()) == [NAME]

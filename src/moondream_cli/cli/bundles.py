@@ -165,7 +165,12 @@ def install(
 
 def list_() -> None:
     """List installed bundles: name, size, quantization, model, source, default (*)."""
+    from .. import paths
     from ..bundles.installed import list_bundles
+
+    out = Output()
+    for left in paths.leftovers():
+        out.info(left.describe())
 
     for info in list_bundles():
         quant = info.quantization
