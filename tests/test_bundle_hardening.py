@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -291,3 +292,85 @@ def test_a_folder_left_by_a_killed_install_is_reported_then_removed(
     assert again.returncode == 0, again.stderr
     assert b"removed .staging-" in again.stderr
     assert sorted(p.name for p in models.iterdir()) == [NAME]
+
+
+# -- Ctrl-C and SIGTERM --------------------------------------------------------------------
+
+
+def _mdream_child(*args: str | Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "moondream_cli", *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "signum", "code", "said"),
+    [
+        ("install", signal.SIGTERM, 143, "terminated"),
+        ("install", signal.SIGINT, 130, "interrupted"),
+        ("fetch", signal.SIGTERM, 143, "terminated"),
+    ],
+)
+def test_a_signal_mid_install_exits_with_its_code_and_leaves_nothing(
+    command: str,
+    signum: int,
+    code: int,
+    said: str,
+    tarball: Path,
+    tiny_model: Path,
+    isolated_home: Path,
+) -> None:
+    models = isolated_home / "models"
+    args = (
+        ("bundle", "install", tarball)
+        if command == "install"
+        else ("fetch", "--from-dir", tiny_model)
+    )
+    with models_lock(models):  # the child has staged the whole bundle and waits for the lock
+        child = _mdream_child(*args)
+        _wait_for(lambda: any(models.glob(".*-pid*/bundle/.verified.json")))
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert lines[-1] == f"mdream: {said}"
+    assert sum(said in line for line in lines) == 1
+    assert not any(line.startswith("Traceback") for line in lines)
+    assert tree(models) == []
+    assert not (isolated_home / "default").exists()
+
+
+# The child sends itself SIGTERM the moment Typer starts to parse its command line: a real
+# signal, at a place no command's own handling covers.
+SIGNAL_WHILE_PARSING = """
+import os, signal, sys
+from moondream_cli.cli.app import main
+
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "make_context":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+sys.setprofile(profile)
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_command_line_is_parsed_is_not_a_silent_130(
+    tiny_model: Path, isolated_home: Path
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_PARSING, "fetch", "--from-dir", str(tiny_model)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (child.returncode, child.stderr) == (143, b"mdream: terminated\n")
+    assert tree(isolated_home) == []

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import paths
+from .. import interrupt, paths
 from ..errors import BundleError, MdreamError
 from ..progress import Progress
 
@@ -127,19 +127,23 @@ def staging(parent: Path, kind: str, name: str, need: int) -> Iterator[Path]:
         folder = hidden / "bundle"
         folder.mkdir()
     except BaseException:
-        if hidden is not None:
-            shutil.rmtree(hidden, ignore_errors=True)
-        _remove_created(created)
+        with interrupt.shielded():
+            if hidden is not None:
+                shutil.rmtree(hidden, ignore_errors=True)
+            _remove_created(created)
         raise
     try:
         yield folder
     except BaseException as exc:
-        shutil.rmtree(hidden, ignore_errors=True)
-        _remove_created(created)
+        # A second Ctrl-C must not stop the cleanup half way: it is raised once it is done.
+        with interrupt.shielded():
+            shutil.rmtree(hidden, ignore_errors=True)
+            _remove_created(created)
         if isinstance(exc, OSError) and not isinstance(exc, MdreamError):
             raise BundleError(f"failed: {exc.strerror or exc}") from exc
         raise
-    shutil.rmtree(hidden, ignore_errors=True)
+    with interrupt.shielded():
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -150,7 +154,13 @@ def _remove_created(created: list[Path]) -> None:
 
 def move_into_place(staging: Path, target: Path) -> None:
     """Rename ``staging`` to ``target``; an existing (damaged) copy is swapped out first.
-    Call it holding :func:`models_lock`."""
+    Call it holding :func:`models_lock`. Shielded: Ctrl-C between the two renames would leave
+    no bundle at ``target``."""
+    with interrupt.shielded():
+        _move(staging, target)
+
+
+def _move(staging: Path, target: Path) -> None:
     if target.exists():
         old = Path(
             tempfile.mkdtemp(prefix=paths.work_prefix("old", target.name), dir=target.parent)
