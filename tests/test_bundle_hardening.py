@@ -3,6 +3,7 @@ hostile manifests, races, signals, leftovers, full disks and planted links."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from conftest import ROOT, run_mdream
 from moondream_cli import doctor, paths
 from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
+from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles import recipe as recipes
 from moondream_cli.bundles.staging import models_lock
 from moondream_cli.errors import BundleError, ModelError
@@ -374,3 +376,42 @@ def test_sigterm_while_the_command_line_is_parsed_is_not_a_silent_130(
     )
     assert (child.returncode, child.stderr) == (143, b"mdream: terminated\n")
     assert tree(isolated_home) == []
+
+
+# -- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """MDREAM_HOME on a real 256 KiB tmpfs, filled up, with one bundle folder in it.
+    Mounting needs root; elsewhere the test is skipped."""
+    home = tmp_path / "full-home"
+    home.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(home)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.decode().strip()}")
+    try:
+        (home / "models" / NAME).mkdir(parents=True)
+        (home / "models" / NAME / "manifest.json").write_text("{}")
+        # Written until the disk is full (unbuffered: nothing is left to fail at close).
+        with open(home / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        monkeypatch.setenv("MDREAM_HOME", str(home))
+        yield home
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_full_disk_when_recording_the_default_is_one_error_and_no_temporary_file(
+    full_home: Path,
+) -> None:
+    before = tree(full_home)
+    with pytest.raises(BundleError, match="No space left on device") as err:
+        bundle.set_default(NAME)
+    assert f"mdream bundle default {NAME}" in str(err.value)
+    assert tree(full_home) == before  # no default, no default.tmp or other temporary file

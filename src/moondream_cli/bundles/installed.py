@@ -7,6 +7,7 @@ by `export` (see `tarball`). Inference never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -55,9 +56,27 @@ def set_default(name: str) -> None:
     if name not in installed_names():
         raise BundleError(f"no bundle named {name!r} is installed")
     path = paths.default_file()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    # A temporary file of our own (O_EXCL: never one planted there), renamed over the old one.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_record(name, path, exc) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _cannot_record(name, path, exc) from exc
+
+
+def _cannot_record(name: str, path: Path, exc: OSError) -> BundleError:
+    return BundleError(
+        f"cannot record {name} as the default bundle: {exc.strerror or exc} — "
+        f"free some space, then run `mdream bundle default {name}`",
+        path=str(path),
+    )
 
 
 def bundle_dir(name: str) -> Path:
