@@ -25,8 +25,9 @@ from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles import recipe as recipes
+from moondream_cli.bundles.fetch import fetch
 from moondream_cli.bundles.staging import models_lock
-from moondream_cli.errors import BundleError, ModelError
+from moondream_cli.errors import BundleError, ModelError, UsageError
 from test_bundles import MMPROJ, NAME, TEXT, members, regular, tarball, tree, write_tar
 
 __all__ = ["tarball"]  # the module-scoped fixture, shared with test_bundles
@@ -415,3 +416,63 @@ def test_a_full_disk_when_recording_the_default_is_one_error_and_no_temporary_fi
         bundle.set_default(NAME)
     assert f"mdream bundle default {NAME}" in str(err.value)
     assert tree(full_home) == before  # no default, no default.tmp or other temporary file
+
+
+# -- partial files and existing tarballs ---------------------------------------------------
+
+
+def test_a_link_planted_at_the_partial_file_is_never_followed(
+    tarball: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    bundle_install.install(tarball)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    link = out / f"{NAME}.tar.partial"
+    link.symlink_to(victim)
+    with pytest.raises(BundleError, match="is in the way"):
+        bundle.export(NAME, out)
+    with pytest.raises(BundleError, match="is in the way"):
+        fetch(from_dir=tiny_model, output=out / f"{NAME}.tar", install=False)
+    assert victim.read_text() == "precious"
+    assert link.is_symlink() and sorted(p.name for p in out.iterdir()) == [link.name]
+
+
+def test_a_stale_partial_file_of_ours_is_replaced(tarball: Path, tmp_path: Path) -> None:
+    bundle_install.install(tarball)
+    (tmp_path / f"{NAME}.tar.partial").write_bytes(b"left by a run that died")
+    assert bundle.export(NAME, tmp_path).read_bytes() == tarball.read_bytes()
+    assert not (tmp_path / f"{NAME}.tar.partial").exists()
+
+
+def test_export_refuses_to_overwrite_a_tarball_unless_asked(tarball: Path, tmp_path: Path) -> None:
+    bundle_install.install(tarball)
+    existing = tmp_path / f"{NAME}.tar"
+    existing.write_bytes(b"someone else's tarball")
+    with pytest.raises(UsageError, match="already exists — pass --overwrite"):
+        bundle.export(NAME, tmp_path)
+    with pytest.raises(UsageError, match="already exists"):
+        bundle.export(NAME, existing)
+    assert existing.read_bytes() == b"someone else's tarball"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(NAME)) == [existing.name]
+    assert bundle.export(NAME, tmp_path, overwrite=True).read_bytes() == tarball.read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_export_over_an_existing_tarball_is_a_usage_error(
+    tarball: Path, tmp_path: Path
+) -> None:
+    bundle_install.install(tarball)
+    first = run_mdream("bundle", "export", NAME, "-o", tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_mdream("bundle", "export", NAME, "-o", tmp_path)
+    assert again.returncode == 2
+    assert (
+        again.stderr.decode()
+        .splitlines()[-1]
+        .endswith("already exists — pass --overwrite to replace it")
+    )
+    forced = run_mdream("bundle", "export", NAME, "-o", tmp_path, "--overwrite")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout == f"{tmp_path / NAME}.tar\n".encode()

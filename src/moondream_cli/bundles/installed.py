@@ -140,9 +140,12 @@ def verify(name: str, progress: Progress | None = None) -> None:
     mf.record_verified(directory, manifest)
 
 
-def export(name: str, out: Path, progress: Progress | None = None) -> Path:
-    """Pack an installed bundle back into its tarball (byte-identical to the one installed)."""
-    return pack(bundle_dir(name), output_folder_or_file(out), progress)
+def export(
+    name: str, out: Path, progress: Progress | None = None, *, overwrite: bool = False
+) -> Path:
+    """Pack an installed bundle back into its tarball (byte-identical to the one installed);
+    an existing tarball is replaced only with ``overwrite``."""
+    return pack(bundle_dir(name), output_folder_or_file(out), progress, overwrite=overwrite)
 
 
 def remove(name: str) -> Path:

@@ -227,6 +227,10 @@ def export(
             "--output", "-o", help="A folder, or the FILE.tar to write.", show_default=False
         ),
     ],
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the tarball if it exists (default: refuse)."),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Pack an installed bundle into its portable tarball, checking every byte on the way."""
@@ -234,7 +238,7 @@ def export(
 
     progress = Output(quiet=quiet)
     with progress:
-        path = run_export(name, output, progress)
+        path = run_export(name, output, progress, overwrite=overwrite)
     sys.stdout.write(f"{path}\n")
 
 
