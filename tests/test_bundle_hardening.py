@@ -476,3 +476,92 @@ def test_cli_export_over_an_existing_tarball_is_a_usage_error(
     forced = run_mdream("bundle", "export", NAME, "-o", tmp_path, "--overwrite")
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout == f"{tmp_path / NAME}.tar\n".encode()
+
+
+# -- one command line, one set of rules ----------------------------------------------------
+
+
+def _renamed(tarball: Path, path: Path, name: str) -> Path:
+    items = members(tarball)
+    body = {**_manifest(tarball), "name": name}
+    return write_tar(path, [regular("manifest.json", json.dumps(body).encode()), *items[1:]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--no-install"], "--no-install needs --output"),
+        (["--recipe", "nosuch"], "unknown recipe 'nosuch'"),
+        (["--recipe", "no/such.json"], "no such recipe file"),
+        (["-r", "moondream2-2024"], "No such option: -r"),
+    ],
+)
+def test_fetch_usage_mistakes_exit_2(args: list[str], said: str, isolated_home: Path) -> None:
+    result = run_mdream("fetch", *args, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr.decode()
+    assert result.stdout == b""
+    assert tree(isolated_home) == []
+
+
+@pytest.mark.slow
+def test_bundle_default_prints_and_chooses_the_default(tarball: Path, tmp_path: Path) -> None:
+    bundle_install.install(tarball)
+    bundle_install.install(_renamed(tarball, tmp_path / "b.tar", "other-q4_k_m"))
+    shown = run_mdream("bundle", "default")
+    assert (shown.returncode, shown.stdout) == (0, f"{NAME}\n".encode())
+    chosen = run_mdream("bundle", "default", "other-q4_k_m")
+    assert (chosen.returncode, chosen.stdout) == (0, b""), chosen.stderr
+    assert run_mdream("bundle", "default").stdout == b"other-q4_k_m\n"
+    unknown = run_mdream("bundle", "default", "nosuch")
+    assert unknown.returncode == 3
+    assert f"installed: {NAME}, other-q4_k_m" in unknown.stderr.decode()
+
+
+def test_removing_the_default_says_which_bundle_is_the_default_next(
+    tarball: Path, tmp_path: Path
+) -> None:
+    for name in ("a-q4_k_m", "b-q4_k_m", "c-q4_k_m"):
+        bundle_install.install(_renamed(tarball, tmp_path / f"{name}.tar", name))
+    assert bundle.current_default() == "a-q4_k_m"  # the first installed
+    several = bundle.remove("a-q4_k_m")
+    assert (several.was_default, several.default, several.left) == (
+        True,
+        None,
+        ["b-q4_k_m", "c-q4_k_m"],
+    )
+    with pytest.raises(BundleError, match=r"choose one with `mdream bundle default NAME`"):
+        bundle.current_default()
+    bundle.choose_default("b-q4_k_m")
+    one = bundle.remove("b-q4_k_m")
+    assert (one.was_default, one.default, one.left) == (True, "c-q4_k_m", ["c-q4_k_m"])
+    assert bundle.default_name() == "c-q4_k_m"
+
+
+@pytest.mark.slow
+def test_cli_remove_of_the_default_tells_what_happens_next(tarball: Path, tmp_path: Path) -> None:
+    for name in ("a-q4_k_m", "b-q4_k_m", "c-q4_k_m"):
+        bundle_install.install(_renamed(tarball, tmp_path / f"{name}.tar", name))
+    several = run_mdream("bundle", "remove", "a-q4_k_m")
+    assert several.returncode == 0, several.stderr
+    assert several.stderr.decode().splitlines()[-1] == (
+        "mdream: no bundle is the default now (2 installed: b-q4_k_m, c-q4_k_m) — "
+        "choose one with `mdream bundle default NAME`"
+    )
+    run_mdream("bundle", "default", "b-q4_k_m")
+    one = run_mdream("bundle", "remove", "b-q4_k_m")
+    assert one.stderr.decode().splitlines()[-1] == "mdream: c-q4_k_m is the default bundle now"
+
+
+@pytest.mark.slow
+def test_bundle_list_prints_a_header_and_says_when_nothing_is_installed(tarball: Path) -> None:
+    empty = run_mdream("bundle", "list")
+    assert empty.returncode == 0
+    assert empty.stdout == b"  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+    assert b"no bundle is installed" in empty.stderr and b"mdream fetch" in empty.stderr
+    bundle_install.install(tarball)
+    listed = run_mdream("bundle", "list")
+    header, row = listed.stdout.decode().splitlines()
+    assert header.split("\t")[0] == "  NAME" and row.startswith(f"* {NAME}\t")
+    assert listed.stderr == b""

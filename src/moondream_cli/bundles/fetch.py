@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__, paths, reference
 from .. import manifest as mf
-from ..errors import FetchError, MdreamError, ModelError
+from ..errors import FetchError, MdreamError, ModelError, UsageError
 from ..pairing import check_pair
 from ..progress import Progress
 from .hub import hub_sources
@@ -56,7 +56,7 @@ def fetch(
     """Build a bundle from a recipe (default: the shipped default recipe) and install it."""
     progress = progress or Progress()
     if not install and output is None:
-        raise FetchError("nothing to do: --no-install needs --output")
+        raise UsageError("nothing to do: --no-install needs --output FOLDER|FILE.tar")
     if output is not None:
         output = output_folder_or_file(output)
     if output is not None and not output.is_dir() and not output.parent.is_dir():

@@ -18,7 +18,12 @@ from .. import manifest as mf
 from .. import paths
 from ..errors import BundleError, ModelError
 from ..progress import Progress
+from .staging import models_lock
 from .tarball import output_folder_or_file, pack
+
+NOTHING_INSTALLED = (
+    "no bundle is installed — run `mdream fetch` (online) or `mdream bundle install FILE.tar`"
+)
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,34 @@ def installed_names() -> list[str]:
 
 
 def default_name() -> str | None:
+    """The bundle ``MDREAM_HOME/default`` names, if it is installed."""
     try:
         named = paths.default_file().read_text(encoding="utf-8").strip()
     except OSError:
         return None
     return named if named in installed_names() else None
+
+
+def current_default() -> str:
+    """The bundle inference uses when no model is given: the one named default, else the only
+    one installed. BundleError when there is none, saying how to get one."""
+    names = installed_names()
+    named = default_name() or (names[0] if len(names) == 1 else None)
+    if named is not None:
+        return named
+    if not names:
+        raise BundleError(NOTHING_INSTALLED)
+    raise BundleError(
+        f"no bundle is the default ({len(names)} installed: {', '.join(names)}) — "
+        "choose one with `mdream bundle default NAME`"
+    )
+
+
+def choose_default(name: str) -> None:
+    """Make the installed bundle ``name`` the default (``mdream bundle default NAME``)."""
+    bundle_dir(name)  # the error lists what is installed
+    with models_lock(paths.models_dir()):
+        set_default(name)
 
 
 def set_default(name: str) -> None:
@@ -148,17 +176,31 @@ def export(
     return pack(bundle_dir(name), output_folder_or_file(out), progress, overwrite=overwrite)
 
 
-def remove(name: str) -> Path:
+@dataclass(frozen=True)
+class Removed:
+    path: Path
+    was_default: bool  # it was the default: ``default`` and ``left`` say what is now
+    default: str | None  # the default now, if any
+    left: list[str]  # the bundles still installed
+
+
+def remove(name: str) -> Removed:
+    """Delete an installed bundle. When it was the default and one bundle is left, that one
+    becomes the default; with several left, none is until the user chooses."""
     directory = bundle_dir(name)
-    was_default = default_name() == name
-    try:
-        trash = Path(
-            tempfile.mkdtemp(prefix=paths.work_prefix("remove", name), dir=directory.parent)
-        )
-        os.rename(directory, trash / name)
-    except OSError as exc:
-        raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
-    shutil.rmtree(trash, ignore_errors=True)
-    if was_default:
-        paths.default_file().unlink(missing_ok=True)
-    return directory
+    with models_lock(paths.models_dir()):
+        names = installed_names()
+        was_default = (default_name() or (names[0] if len(names) == 1 else None)) == name
+        try:
+            prefix = paths.work_prefix("remove", name)
+            trash = Path(tempfile.mkdtemp(prefix=prefix, dir=directory.parent))
+            os.rename(directory, trash / name)
+        except OSError as exc:
+            raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
+        shutil.rmtree(trash, ignore_errors=True)
+        left = installed_names()
+        if was_default:
+            paths.default_file().unlink(missing_ok=True)
+            if len(left) == 1:
+                set_default(left[0])
+    return Removed(directory, was_default, default_name(), left)

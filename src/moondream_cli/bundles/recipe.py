@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import manifest as mf
-from ..errors import BundleError
+from ..errors import BundleError, UsageError
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -89,10 +89,12 @@ def load(name_or_file: str | None = None) -> Recipe:
     if path.suffix == ".json" or path.exists():
         try:
             data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise UsageError("no such recipe file", path=str(path)) from exc
         except OSError as exc:
             raise BundleError(f"cannot read recipe: {exc.strerror or exc}", path=str(path)) from exc
         return parse(data, origin=str(path))
-    raise BundleError(
+    raise UsageError(
         f"unknown recipe {spec!r} — shipped recipes: {', '.join(shipped())}; or give a JSON file"
     )
 
