@@ -565,3 +565,45 @@ def test_bundle_list_prints_a_header_and_says_when_nothing_is_installed(tarball:
     header, row = listed.stdout.decode().splitlines()
     assert header.split("\t")[0] == "  NAME" and row.startswith(f"* {NAME}\t")
     assert listed.stderr == b""
+
+
+# The child sends itself SIGTERM from inside one of importlib's weakref callbacks while the
+# quantizer's native code is first imported: Python prints a KeyboardInterrupt raised there
+# and drops it, and the fetch used to run on to exit 0.
+SIGNAL_IN_AN_IMPORT = """
+import os, signal, sys
+from moondream_cli.cli.app import main
+
+seen = {"quantize": False}
+
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event != "call":
+        return
+    if code.co_name == "quantize" and code.co_filename.endswith("quantize.py"):
+        seen["quantize"] = True
+    elif seen["quantize"] and code.co_name == "cb" and "importlib" in code.co_filename:
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+sys.setprofile(profile)
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_fetch_imports_the_quantizer_is_not_lost(
+    tiny_model: Path, isolated_home: Path
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, "fetch", "--from-dir", str(tiny_model)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 143, child.stderr
+    assert child.stderr.decode().splitlines()[-1] == "mdream: terminated"
+    assert b"Exception ignored" not in child.stderr
+    assert child.stdout == b""
+    assert tree(isolated_home / "models") == []

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, interrupt
 from ..errors import FetchError
 from ..progress import Progress
 from .recipe import Recipe, SourceFile
@@ -30,7 +30,13 @@ def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
     # to decorate its user agent). Read at import; an explicit setting wins.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
-        from huggingface_hub import constants
+        with interrupt.shielded():  # a signal mid-import can be lost (see `quantize`)
+            # Every lazily loaded part used below, so that no later import is unshielded.
+            from huggingface_hub import (  # noqa: F401
+                constants,
+                get_hf_file_metadata,
+                hf_hub_download,
+            )
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise FetchError("huggingface-hub is not installed") from exc
 
