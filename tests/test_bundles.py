@@ -153,7 +153,7 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
 
     listed = run_mdream("bundle", "list")
     assert listed.returncode == 0
-    line = listed.stdout.decode()
+    line = listed.stdout.decode().splitlines()[1]  # after the header
     assert line.startswith(f"* {NAME}\t") and "\tQ4_K_M\t" in line
 
     verified = run_mdream("bundle", "verify", NAME)
@@ -339,7 +339,7 @@ def test_install_refuses_when_space_is_short(
 
 BUNDLE_COMMANDS = [
     ["fetch"],
-    *[["bundle", c] for c in ("install", "list", "verify", "export", "remove")],
+    *[["bundle", c] for c in ("install", "list", "default", "verify", "export", "remove")],
 ]
 
 

@@ -71,6 +71,7 @@ class Report:
     bundles: tuple[BundleState, ...]
     self_check: SelfCheck
     problems: tuple[str, ...] = field(default=())
+    leftovers: tuple[str, ...] = field(default=())  # work folders an interrupted run left
 
     @property
     def healthy(self) -> bool:
@@ -126,6 +127,7 @@ def gather(
         bundles=bundles,
         self_check=check,
         problems=tuple(problems),
+        leftovers=tuple(left.describe() for left in paths.leftovers()),
     )
 
 

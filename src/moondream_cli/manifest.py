@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ModelError
 
@@ -23,8 +23,12 @@ MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"
 FORMAT = 1
 ROLES = ("text", "mmproj")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: `$` would also accept a name that ends in a newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# No model file comes near a pebibyte; a larger size is a hostile manifest, whose sums and
+# MiB figures would otherwise overflow.
+MAX_SIZE = 1 << 50
 _CHUNK = 1 << 20
 
 
@@ -58,7 +62,12 @@ class Manifest:
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and ".." not in name
+    return bool(_NAME.fullmatch(name)) and ".." not in name
+
+
+def valid_size(size: object) -> TypeGuard[int]:
+    """A file size a manifest or recipe may give: an int (not a bool) in 0..MAX_SIZE."""
+    return isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_SIZE
 
 
 def parse_manifest(text: str | bytes, *, where: str = MANIFEST) -> Manifest:
@@ -67,6 +76,8 @@ def parse_manifest(text: str | bytes, *, where: str = MANIFEST) -> Manifest:
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"manifest is not valid JSON: {exc}", path=where) from exc
+    except RecursionError as exc:  # `[[[[…`: deeper than any manifest
+        raise ModelError("manifest is nested too deeply", path=where) from exc
     if not isinstance(raw, dict):
         raise ModelError("manifest is not a JSON object", path=where)
     if raw.get("format") != FORMAT:
@@ -100,9 +111,9 @@ def _parse_entry(item: object, where: str) -> FileEntry:
         raise ModelError(f"manifest file name {path!r} is reserved", path=where)
     if role not in ROLES:
         raise ModelError(f"manifest file {path!r} has unknown role {role!r}", path=where)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not valid_size(size):
         raise ModelError(f"manifest file {path!r} has an invalid size", path=where)
-    if not isinstance(sha, str) or not _SHA256.match(sha):
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
         raise ModelError(f"manifest file {path!r} has an invalid sha256", path=where)
     return FileEntry(path=path, role=str(role), size=size, sha256=sha)
 
@@ -167,7 +178,7 @@ def verified_recently(directory: Path, manifest: Manifest) -> bool:
     """True when every file still has the size and mtime recorded after its last full hash."""
     try:
         record = json.loads((directory / VERIFIED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     if not isinstance(record, dict):
         return False

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__, paths, reference
 from .. import manifest as mf
-from ..errors import FetchError, MdreamError, ModelError
+from ..errors import FetchError, MdreamError, ModelError, UsageError
 from ..pairing import check_pair
 from ..progress import Progress
 from .hub import hub_sources
@@ -28,7 +28,7 @@ from .quantize import quantize
 from .recipe import Recipe
 from .recipe import load as load_recipe
 from .sources import Source, hash_file, local_sources
-from .staging import move_into_place, staging
+from .staging import models_lock, move_into_place, remove_stale, staging
 from .tarball import output_folder_or_file, pack
 
 _CHUNK = 1 << 20
@@ -56,7 +56,7 @@ def fetch(
     """Build a bundle from a recipe (default: the shipped default recipe) and install it."""
     progress = progress or Progress()
     if not install and output is None:
-        raise FetchError("nothing to do: --no-install needs --output")
+        raise UsageError("nothing to do: --no-install needs --output FOLDER|FILE.tar")
     if output is not None:
         output = output_folder_or_file(output)
     if output is not None and not output.is_dir() and not output.parent.is_dir():
@@ -82,13 +82,14 @@ def fetch(
     # Q4_K_M is about a third of f16; the mmproj is copied as it is.
     ratio = 1.0 if quant == "F16" else 0.4
     need = int(sources["text"].size * ratio) + sources["mmproj"].size
-    with _workspace(install, output, bundle_name, need) as work:
+    with _workspace(install, output, bundle_name, need, progress) as work:
         manifest = _build(work, bundle_name, chosen, sources, quant, threads, progress)
         tarball = pack(work, output, progress) if output is not None else None
         if install:
-            move_into_place(work, installed)
-    if install and (make_default or default_name() is None):
-        set_default(manifest.name)
+            with models_lock(paths.models_dir(), progress):
+                move_into_place(work, installed)
+                if make_default or default_name() is None:
+                    set_default(manifest.name)
     return FetchResult(bundle_name, installed if install else None, tarball, already=False)
 
 
@@ -109,14 +110,17 @@ def _already_built(installed: Path, sources: dict[str, Source]) -> bool:
 
 
 @contextlib.contextmanager
-def _workspace(install: bool, output: Path | None, name: str, need: int) -> Iterator[Path]:
+def _workspace(
+    install: bool, output: Path | None, name: str, need: int, progress: Progress
+) -> Iterator[Path]:
     """A build folder beside where the bundle ends up; gone afterwards unless moved away."""
     if install:
         parent = paths.models_dir()
+        remove_stale(parent, progress)
     else:
         assert output is not None
         parent = output if output.is_dir() else output.parent
-    with staging(parent, f".build-{name}-", need) as work:
+    with staging(parent, "build", name, need) as work:
         yield work
 
 

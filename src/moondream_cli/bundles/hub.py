@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, interrupt
 from ..errors import FetchError
 from ..progress import Progress
 from .recipe import Recipe, SourceFile
 from .sources import Source, check_file
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` accepts a trailing newline
 
 
 def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
@@ -30,7 +30,13 @@ def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
     # to decorate its user agent). Read at import; an explicit setting wins.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
-        from huggingface_hub import constants
+        with interrupt.shielded():  # a signal mid-import can be lost (see `quantize`)
+            # Every lazily loaded part used below, so that no later import is unshielded.
+            from huggingface_hub import (  # noqa: F401
+                constants,
+                get_hf_file_metadata,
+                hf_hub_download,
+            )
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise FetchError("huggingface-hub is not installed") from exc
 
@@ -155,7 +161,7 @@ def _tqdm_class(progress: Progress) -> type:
 
 def _sha_or_none(value: str | None) -> str | None:
     value = (value or "").strip('"').lower()
-    return value if _SHA256.match(value) else None
+    return value if _SHA256.fullmatch(value) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,8 @@ place only when all of them check out. Inference never imports this module.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from ..errors import BundleError, ModelError
 from ..pairing import check_pair
 from ..progress import Progress
 from .installed import default_name, set_default
-from .staging import move_into_place, staging
+from .staging import models_lock, move_into_place, remove_stale, staging
+from .tarcheck import check_headers
 
 _MANIFEST_MAX = 1 << 20
 _CHUNK = 1 << 20
@@ -38,20 +41,29 @@ def install(
     progress = progress or Progress()
     where = str(tarball)
     try:
-        tar = tarfile.open(tarball, mode="r:")  # noqa: SIM115 - closed by the `with` below
+        raw = open(tarball, "rb")  # noqa: SIM115 - closed by the `with` below
     except FileNotFoundError as exc:
         raise BundleError("no such file", path=where) from exc
     except IsADirectoryError as exc:
         raise BundleError("is a directory, not a bundle tarball", path=where) from exc
-    except (tarfile.TarError, EOFError) as exc:
-        raise BundleError("not a tar archive (a bundle is a plain .tar)", path=where) from exc
     except OSError as exc:
         raise BundleError(f"cannot read: {exc.strerror or exc}", path=where) from exc
-    with tar:
+    with raw:
         try:
-            return _install_from(tar, where, progress, make_default)
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                raise BundleError("not a regular file (a bundle is a plain .tar)", path=where)
+            # Before tarfile parses anything: it must never see a huge pax header.
+            check_headers(raw, where)
+            tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 - closed below
         except (tarfile.TarError, EOFError) as exc:
-            raise BundleError(f"damaged or truncated tarball: {exc}", path=where) from exc
+            raise BundleError("not a tar archive (a bundle is a plain .tar)", path=where) from exc
+        except OSError as exc:
+            raise BundleError(f"cannot read: {exc.strerror or exc}", path=where) from exc
+        with tar:
+            try:
+                return _install_from(tar, where, progress, make_default)
+            except (tarfile.TarError, EOFError) as exc:
+                raise BundleError(f"damaged or truncated tarball: {exc}", path=where) from exc
 
 
 def _install_from(
@@ -72,14 +84,10 @@ def _install_from(
         if make_default:
             set_default(manifest.name)
         return Installed(manifest.name, target, already=True)
-    if target.exists() and not _manifest_equal(target, manifest_bytes):
-        raise BundleError(
-            f"a different bundle named {manifest.name!r} is installed — "
-            f"run `mdream bundle remove {manifest.name}` first",
-            path=where,
-        )
+    _refuse_a_different_bundle(target, manifest_bytes, manifest.name, where)
     need = sum(e.size for e in manifest.files)
-    with staging(paths.models_dir(), f".staging-{manifest.name}-", need) as folder:
+    remove_stale(paths.models_dir(), progress)
+    with staging(paths.models_dir(), "staging", manifest.name, need) as folder:
         _extract_members(tar, manifest, folder, where, progress)
         try:  # verified bytes, but do they make one model? Before anything is replaced.
             check_pair(folder / manifest.entry("text").path, folder / manifest.entry("mmproj").path)
@@ -87,10 +95,24 @@ def _install_from(
             raise BundleError(exc.message, path=where) from exc
         (folder / mf.MANIFEST).write_bytes(manifest_bytes)
         mf.record_verified(folder, manifest)
-        move_into_place(folder, target)
-    if make_default or default_name() is None:
-        set_default(manifest.name)
-    return Installed(manifest.name, target)
+        with models_lock(paths.models_dir(), progress):
+            # Again, now that no other install can: one may have finished meanwhile.
+            already = _same_bundle_installed(target, manifest_bytes, manifest)
+            if not already:
+                _refuse_a_different_bundle(target, manifest_bytes, manifest.name, where)
+                move_into_place(folder, target)
+            if make_default or default_name() is None:
+                set_default(manifest.name)
+    return Installed(manifest.name, target, already=already)
+
+
+def _refuse_a_different_bundle(target: Path, manifest_bytes: bytes, name: str, where: str) -> None:
+    if target.exists() and not _manifest_equal(target, manifest_bytes):
+        raise BundleError(
+            f"a different bundle named {name!r} is installed — "
+            f"run `mdream bundle remove {name}` first",
+            path=where,
+        )
 
 
 def _extract_members(
@@ -132,6 +154,8 @@ def _check_member(
         except tarfile.FilterError as exc:
             raise BundleError(f"unsafe member {name!r} refused: {exc}", path=where) from exc
     # ...then our whitelist: only regular files the manifest names, each once.
+    if member.issparse():  # `tarcheck` refuses these first; kept in case it ever misses one
+        raise BundleError(f"member {name!r} is a sparse file; refused", path=where)
     if not member.isreg():
         kind = (
             "link"

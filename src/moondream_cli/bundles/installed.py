@@ -7,6 +7,7 @@ by `export` (see `tarball`). Inference never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,7 +18,12 @@ from .. import manifest as mf
 from .. import paths
 from ..errors import BundleError, ModelError
 from ..progress import Progress
+from .staging import models_lock
 from .tarball import output_folder_or_file, pack
+
+NOTHING_INSTALLED = (
+    "no bundle is installed — run `mdream fetch` (online) or `mdream bundle install FILE.tar`"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ def installed_names() -> list[str]:
 
 
 def default_name() -> str | None:
+    """The bundle ``MDREAM_HOME/default`` names, if it is installed."""
     try:
         named = paths.default_file().read_text(encoding="utf-8").strip()
     except OSError:
@@ -51,13 +58,53 @@ def default_name() -> str | None:
     return named if named in installed_names() else None
 
 
+def current_default() -> str:
+    """The bundle inference uses when no model is given: the one named default, else the only
+    one installed. BundleError when there is none, saying how to get one."""
+    names = installed_names()
+    named = default_name() or (names[0] if len(names) == 1 else None)
+    if named is not None:
+        return named
+    if not names:
+        raise BundleError(NOTHING_INSTALLED)
+    raise BundleError(
+        f"no bundle is the default ({len(names)} installed: {', '.join(names)}) — "
+        "choose one with `mdream bundle default NAME`"
+    )
+
+
+def choose_default(name: str) -> None:
+    """Make the installed bundle ``name`` the default (``mdream bundle default NAME``)."""
+    bundle_dir(name)  # the error lists what is installed
+    with models_lock(paths.models_dir()):
+        set_default(name)
+
+
 def set_default(name: str) -> None:
     if name not in installed_names():
         raise BundleError(f"no bundle named {name!r} is installed")
     path = paths.default_file()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    # A temporary file of our own (O_EXCL: never one planted there), renamed over the old one.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_record(name, path, exc) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _cannot_record(name, path, exc) from exc
+
+
+def _cannot_record(name: str, path: Path, exc: OSError) -> BundleError:
+    return BundleError(
+        f"cannot record {name} as the default bundle: {exc.strerror or exc} — "
+        f"free some space, then run `mdream bundle default {name}`",
+        path=str(path),
+    )
 
 
 def bundle_dir(name: str) -> Path:
@@ -121,20 +168,39 @@ def verify(name: str, progress: Progress | None = None) -> None:
     mf.record_verified(directory, manifest)
 
 
-def export(name: str, out: Path, progress: Progress | None = None) -> Path:
-    """Pack an installed bundle back into its tarball (byte-identical to the one installed)."""
-    return pack(bundle_dir(name), output_folder_or_file(out), progress)
+def export(
+    name: str, out: Path, progress: Progress | None = None, *, overwrite: bool = False
+) -> Path:
+    """Pack an installed bundle back into its tarball (byte-identical to the one installed);
+    an existing tarball is replaced only with ``overwrite``."""
+    return pack(bundle_dir(name), output_folder_or_file(out), progress, overwrite=overwrite)
 
 
-def remove(name: str) -> Path:
+@dataclass(frozen=True)
+class Removed:
+    path: Path
+    was_default: bool  # it was the default: ``default`` and ``left`` say what is now
+    default: str | None  # the default now, if any
+    left: list[str]  # the bundles still installed
+
+
+def remove(name: str) -> Removed:
+    """Delete an installed bundle. When it was the default and one bundle is left, that one
+    becomes the default; with several left, none is until the user chooses."""
     directory = bundle_dir(name)
-    was_default = default_name() == name
-    try:
-        trash = Path(tempfile.mkdtemp(prefix=f".remove-{name}-", dir=directory.parent))
-        os.rename(directory, trash / name)
-    except OSError as exc:
-        raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
-    shutil.rmtree(trash, ignore_errors=True)
-    if was_default:
-        paths.default_file().unlink(missing_ok=True)
-    return directory
+    with models_lock(paths.models_dir()):
+        names = installed_names()
+        was_default = (default_name() or (names[0] if len(names) == 1 else None)) == name
+        try:
+            prefix = paths.work_prefix("remove", name)
+            trash = Path(tempfile.mkdtemp(prefix=prefix, dir=directory.parent))
+            os.rename(directory, trash / name)
+        except OSError as exc:
+            raise BundleError(f"cannot remove: {exc.strerror or exc}", path=str(directory)) from exc
+        shutil.rmtree(trash, ignore_errors=True)
+        left = installed_names()
+        if was_default:
+            paths.default_file().unlink(missing_ok=True)
+            if len(left) == 1:
+                set_default(left[0])
+    return Removed(directory, was_default, default_name(), left)

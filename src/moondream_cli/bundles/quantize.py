@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import reference
+from .. import interrupt, reference
 from ..errors import FetchError
 from ..gguf_meta import read_metadata
 from .recipe import QUANTIZATIONS
@@ -35,7 +35,10 @@ def quantize(
     ftype_name = QUANTIZATIONS.get(quantization.upper())
     if ftype_name is None:
         raise FetchError(f"no llama.cpp quantization for {quantization!r}")
-    from ..engine import native
+    with interrupt.shielded():
+        # A signal that lands in an import can be lost: importlib's weakref callbacks print
+        # a KeyboardInterrupt raised in them and drop it. Held off, it is raised once done.
+        from ..engine import native
 
     tail: deque[str] = deque(maxlen=4)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import manifest as mf
-from ..errors import BundleError
+from ..errors import BundleError, UsageError
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -31,8 +31,9 @@ QUANTIZATIONS: dict[str, str | None] = {
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
     "F16": None,
 }
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,12 @@ def load(name_or_file: str | None = None) -> Recipe:
     if path.suffix == ".json" or path.exists():
         try:
             data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise UsageError("no such recipe file", path=str(path)) from exc
         except OSError as exc:
             raise BundleError(f"cannot read recipe: {exc.strerror or exc}", path=str(path)) from exc
         return parse(data, origin=str(path))
-    raise BundleError(
+    raise UsageError(
         f"unknown recipe {spec!r} — shipped recipes: {', '.join(shipped())}; or give a JSON file"
     )
 
@@ -102,6 +105,8 @@ def parse(text: str | bytes, *, origin: str = "recipe") -> Recipe:
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"recipe is not valid JSON: {exc}", path=origin) from exc
+    except RecursionError as exc:
+        raise BundleError("recipe is nested too deeply", path=origin) from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleError(f"not a format-{FORMAT} recipe", path=origin)
 
@@ -115,7 +120,7 @@ def parse(text: str | bytes, *, origin: str = "recipe") -> Recipe:
     if not mf.valid_name(name):
         raise BundleError(f"invalid recipe name {name!r}", path=origin)
     repo = text_field("repo")
-    if not _REPO.match(repo) or ".." in repo:
+    if not _REPO.fullmatch(repo) or ".." in repo:
         raise BundleError(f"invalid hub repo {repo!r} (expected owner/name)", path=origin)
     quant = text_field("quantization").upper()
     if quant not in QUANTIZATIONS:
@@ -149,12 +154,12 @@ def _source_file(role: str, item: object, origin: str) -> SourceFile:
     name, size = item.get("name"), item.get("size")
     if not isinstance(name, str) or not mf.valid_name(name):
         raise BundleError(f"recipe file {role!r} has an invalid name {name!r}", path=origin)
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+    if size is not None and (not mf.valid_size(size) or size == 0):
         raise BundleError(f"recipe file {name!r} has an invalid size", path=origin)
     hashes = {}
     for key in ("sha256", "sha256_reported"):
         value = item.get(key)
-        if value is not None and (not isinstance(value, str) or not _SHA256.match(value)):
+        if value is not None and (not isinstance(value, str) or not _SHA256.fullmatch(value)):
             raise BundleError(f"recipe file {name!r} has an invalid {key}", path=origin)
         hashes[key] = value
     return SourceFile(role, name, size, hashes["sha256"], hashes["sha256_reported"])

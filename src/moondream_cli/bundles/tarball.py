@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 from pathlib import Path
 from typing import IO, Any
 
 from .. import manifest as mf
-from ..errors import BundleError, MdreamError, ModelError
+from ..errors import BundleError, MdreamError, ModelError, UsageError
 from ..progress import Progress
 
 SUFFIX = ".tar"
@@ -38,40 +39,31 @@ def output_folder_or_file(out: Path) -> Path:
     return out
 
 
-def pack(directory: Path, out: Path, progress: Progress | None = None) -> Path:
+def pack(
+    directory: Path, out: Path, progress: Progress | None = None, *, overwrite: bool = True
+) -> Path:
     """Write the bundle in ``directory`` as a deterministic tarball; ``out`` may be a folder.
 
     Each file is hashed while it is copied: a file that no longer matches its manifest
-    entry aborts the pack and leaves no tarball behind.
+    entry aborts the pack and leaves no tarball behind. Without ``overwrite`` an existing
+    tarball is an error (UsageError), checked again as the new one takes its name.
     """
     progress = progress or Progress()
     manifest_bytes = _read_manifest_bytes(directory)
     manifest = mf.parse_manifest(manifest_bytes, where=str(directory / mf.MANIFEST))
     target = out / tarball_name(manifest.name) if out.is_dir() else out
+    if not overwrite and os.path.lexists(target):
+        raise _exists(target)
     partial = target.with_name(target.name + ".partial")
+    raw = _open_partial(partial)  # before the `try`: a file in the way is not ours to delete
     total = sum(e.size for e in manifest.files)
     progress.start(f"packing {target.name}", total)
     try:
-        with (
-            open(partial, "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
+        with raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_member(mf.MANIFEST, len(manifest_bytes)), _BytesReader(manifest_bytes))
             for entry in manifest.files:
-                path = directory / entry.path
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    if os.fstat(f.fileno()).st_size != entry.size:
-                        raise ModelError("size differs from the manifest", path=str(path))
-                    tar.addfile(
-                        _member(entry.path, entry.size), _HashingReader(f, digest, progress)
-                    )
-                if digest.hexdigest() != entry.sha256:
-                    raise ModelError(
-                        "sha256 differs from the manifest — run `mdream bundle verify`",
-                        path=str(path),
-                    )
-        os.replace(partial, target)
+                _add_checked(tar, directory / entry.path, entry, progress)
+        _rename(partial, target, overwrite)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, MdreamError):
@@ -80,6 +72,64 @@ def pack(directory: Path, out: Path, progress: Progress | None = None) -> Path:
     finally:
         progress.finish()
     return target
+
+
+def _add_checked(tar: tarfile.TarFile, path: Path, entry: mf.FileEntry, progress: Progress) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size != entry.size:
+            raise ModelError("size differs from the manifest", path=str(path))
+        tar.addfile(_member(entry.path, entry.size), _HashingReader(f, digest, progress))
+    if digest.hexdigest() != entry.sha256:
+        raise ModelError(
+            "sha256 differs from the manifest — run `mdream bundle verify`", path=str(path)
+        )
+
+
+def _open_partial(partial: Path) -> IO[bytes]:
+    """A new file at ``partial``, opened without following links. A stale one (a regular
+    file of ours, from a run that died) is replaced; anything else there -- a link that could
+    point at any file, another user's file -- is refused and left alone."""
+    try:
+        st = os.lstat(partial)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(partial)) from exc
+    else:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise BundleError(
+                "is in the way and is not a partial tarball of ours (a link, or another "
+                "user's file) — remove it, or write the tarball elsewhere",
+                path=str(partial),
+            )
+        partial.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(partial, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(partial)) from exc
+    return os.fdopen(fd, "wb")
+
+
+def _rename(partial: Path, target: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(partial, target)
+        return
+    try:
+        os.link(partial, target)  # fails if a tarball appeared meanwhile
+    except FileExistsError:
+        raise _exists(target) from None
+    except OSError:  # no hard links here (FAT, some network shares): check, then rename
+        if os.path.lexists(target):
+            raise _exists(target) from None
+        os.replace(partial, target)
+        return
+    partial.unlink()
+
+
+def _exists(target: Path) -> UsageError:
+    return UsageError("already exists — pass --overwrite to replace it", path=str(target))
 
 
 def _member(name: str, size: int) -> tarfile.TarInfo:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__, interrupt
-from ..errors import EXIT_USAGE, MdreamError, OutputClosed, OutputError
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError, OutputClosed, OutputError
 from . import bundles, doctor, infer
 from .output import ClosedStdout, Output, silence_stdout
 
@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     output = Output(live=False)
     try:
         code = app(args=argv, prog_name="mdream", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:
+            # Typer answers a KeyboardInterrupt outside a command (while it parses the command
+            # line, before `_mapped` runs) with a silent 130, SIGTERM's too. Commands return
+            # nothing, so a 130 can only be that.
+            raise KeyboardInterrupt
     except MdreamError as exc:
         if debug:
             traceback.print_exc()

@@ -1,4 +1,4 @@
-"""`mdream fetch` and `mdream bundle install|list|verify|export|remove`.
+"""`mdream fetch` and `mdream bundle install|list|default|verify|export|remove`.
 
 The core (`moondream_cli.bundles`) is imported inside each command, never at import time: the
 inference commands and `mdream --help` must not load it or huggingface-hub.
@@ -34,6 +34,14 @@ INSTALL_EPILOG = """Examples:
 LIST_EPILOG = """Examples:
 
   mdream bundle list
+
+  mdream bundle list | tail -n +2 | cut -f1      # names only
+"""
+DEFAULT_EPILOG = """Examples:
+
+  mdream bundle default                          # print the default bundle
+
+  mdream bundle default moondream2-20250414-q4_k_m
 """
 VERIFY_EPILOG = """Examples:
 
@@ -45,7 +53,7 @@ EXPORT_EPILOG = """Examples:
 
   mdream bundle export moondream2-20250414-q4_k_m -o /media/usb/
 
-  mdream bundle export moondream2-20250414-q4_k_m -o copy.tar
+  mdream bundle export moondream2-20250414-q4_k_m -o copy.tar --overwrite
 """
 REMOVE_EPILOG = """Examples:
 
@@ -54,7 +62,7 @@ REMOVE_EPILOG = """Examples:
 
 bundle_app = typer.Typer(
     name="bundle",
-    help="Install, list, verify, export and remove model bundles (portable tarballs).",
+    help="Install, list, choose, verify, export and remove model bundles (portable tarballs).",
     no_args_is_help=True,
 )
 
@@ -67,6 +75,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bundle_app)
     bundle_app.command("install", epilog=INSTALL_EPILOG)(install)
     bundle_app.command("list", epilog=LIST_EPILOG)(list_)
+    bundle_app.command("default", epilog=DEFAULT_EPILOG)(default)
     bundle_app.command("verify", epilog=VERIFY_EPILOG)(verify)
     bundle_app.command("export", epilog=EXPORT_EPILOG)(export)
     bundle_app.command("remove", epilog=REMOVE_EPILOG)(remove)
@@ -77,8 +86,7 @@ def fetch(
     recipe: Annotated[
         str | None,
         typer.Option(
-            "--recipe",
-            "-r",
+            "--recipe",  # no -r: in describe and ask, -r is --recursive
             help="A shipped recipe name or a recipe JSON file. Default: moondream2-20250414; "
             "with --from-dir, the recipe the files match, if any.",
             show_default=False,
@@ -163,11 +171,22 @@ def install(
     sys.stdout.write(f"{result.name}\n")
 
 
+LIST_HEADER = "  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+
+
 def list_() -> None:
     """List installed bundles: name, size, quantization, model, source, default (*)."""
-    from ..bundles.installed import list_bundles
+    from .. import paths
+    from ..bundles.installed import NOTHING_INSTALLED, list_bundles
 
-    for info in list_bundles():
+    out = Output()
+    for left in paths.leftovers():
+        out.info(left.describe())
+    infos = list_bundles()
+    sys.stdout.write(LIST_HEADER)
+    if not infos:
+        out.info(NOTHING_INSTALLED)
+    for info in infos:
         quant = info.quantization
         mark = "*" if info.default else " "
         flag = "" if info.intact else "\t(changed since last verified)"
@@ -175,6 +194,25 @@ def list_() -> None:
             f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.model}\t"
             f"{info.source}{flag}\n"
         )
+
+
+def default(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="The bundle to use when no model is given. Default: print the current one.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Choose the default bundle, or print which one it is."""
+    from ..bundles.installed import choose_default, current_default
+
+    if name is None:
+        sys.stdout.write(f"{current_default()}\n")
+        return
+    choose_default(name)
+    Output().info(f"default: {name}")
 
 
 def verify(
@@ -222,6 +260,10 @@ def export(
             "--output", "-o", help="A folder, or the FILE.tar to write.", show_default=False
         ),
     ],
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the tarball if it exists (default: refuse)."),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Pack an installed bundle into its portable tarball, checking every byte on the way."""
@@ -229,7 +271,7 @@ def export(
 
     progress = Output(quiet=quiet)
     with progress:
-        path = run_export(name, output, progress)
+        path = run_export(name, output, progress, overwrite=overwrite)
     sys.stdout.write(f"{path}\n")
 
 
@@ -237,5 +279,15 @@ def remove(name: NameArg) -> None:
     """Delete an installed bundle."""
     from ..bundles.installed import remove as run_remove
 
-    path = run_remove(name)
-    Output().info(f"removed: {name} ({path})")
+    removed = run_remove(name)
+    out = Output()
+    out.info(f"removed: {name} ({removed.path})")
+    if not removed.was_default or not removed.left:
+        return
+    if removed.default is not None:
+        out.info(f"{removed.default} is the default bundle now")
+    else:
+        out.info(
+            f"no bundle is the default now ({len(removed.left)} installed: "
+            f"{', '.join(removed.left)}) — choose one with `mdream bundle default NAME`"
+        )

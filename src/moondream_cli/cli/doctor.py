@@ -102,6 +102,7 @@ def render_text(report: Report, out: TextIO) -> None:
     for b in report.bundles:
         mark = " (default)" if b.default else ""
         rows.append(("bundle", f"{b.name}{mark}: {b.state} — {b.detail}"))
+    rows += [("leftover", note) for note in report.leftovers]
     check = report.self_check
     timing = f" in {check.seconds:.2f} s" if check.seconds is not None else ""
     model = f" [model {check.model}]" if check.model else ""
