@@ -190,6 +190,13 @@ def report(
             f"{m['prefill_s']:.2f} s ({m['image_tokens']} positions), answer "
             f"{m['answer_tok_s']:.1f} tok/s"
         )
+    parts = m.get("load_parts") or {}
+    if parts:
+        print(
+            f"mdream load {m['load_s']:.2f} s: "
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
+            + "; the rest: importing llama_cpp, finding and checking the files"
+        )
     print()
     folder = m["folder_photo_n"] / m["folder_photo_s"] if m.get("folder_photo_s") else None
     print(decode.render(got.decoding, folder))

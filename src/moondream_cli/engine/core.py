@@ -62,6 +62,11 @@ class Engine:
         return self._rt.on_gpu
 
     @property
+    def load_seconds(self) -> dict[str, float]:
+        """Seconds loading took, by part: "text model", "context", "mmproj"."""
+        return dict(self._rt.load_seconds)
+
+    @property
     def image_size(self) -> int | None:
         """The projector's square input side, from the mmproj's header (378 for Moondream2)."""
         return self._rt.image_size

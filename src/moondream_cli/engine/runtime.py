@@ -56,6 +56,7 @@ class Runtime:
         self.threads = options.threads or physical_cores()
         self.on_gpu = options.gpu and native.gpu_offload()
         self.timings = Timings()
+        self.load_seconds: dict[str, float] = {}  # where loading went, by part
         self._bos_seqs: set[int] = set()  # sequences whose position 0 holds the BOS
         self._owned: list[native.Owned] = []
         try:
@@ -68,6 +69,14 @@ class Runtime:
         # ggml's AMX matmul kernels (an "extra buffer type") segfault when GCC 12 built them,
         # and with a fixed build they are no faster for this model (bench/README.md, "AMX");
         # without extra buffer types the ordinary CPU kernels run it, with any build.
+        clock = time.perf_counter()
+
+        def lap(part: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            self.load_seconds[part] = now - clock
+            clock = now
+
         extra_bufts = self.on_gpu or not cpu_has_amx()
         text_meta = read_metadata(self.files.text)
         # GPT-2's pre-tokenizer where the file names none, as the reference tokenizes.
@@ -77,6 +86,7 @@ class Runtime:
             self.files.text, gpu=self.on_gpu, extra_bufts=extra_bufts, overrides=fixes
         )
         self.model = self._own(model)
+        lap("text model")
         auto_gpu = self.on_gpu and not options.batch
         self.plan: Plan = plan(
             options,
@@ -98,6 +108,7 @@ class Runtime:
         except ModelError as exc:
             exc.path = str(self.files.text)
             raise
+        lap("context")
         # Positions one sequence may use (llama.cpp may round its cells).
         self.n_ctx = min(self.plan.seq_positions, self.context.n_ctx_seq)
         self.projector = self._own(
@@ -112,6 +123,7 @@ class Runtime:
         self.fit = options.fit
         size = read_metadata(self.files.mmproj).get("clip.vision.image_size")
         self.image_size = size if isinstance(size, int) and size > 0 else None
+        lap("mmproj")
         self._step_batch = self._own(native.Batch(self.plan.batch))
         bos = self.model.bos
         self.bos_text = self.model.piece(bos, special=True) if bos >= 0 else b""
