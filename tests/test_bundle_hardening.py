@@ -368,13 +368,7 @@ main(sys.argv[1:])
 def test_sigterm_while_the_command_line_is_parsed_is_not_a_silent_130(
     tiny_model: Path, isolated_home: Path
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", SIGNAL_WHILE_PARSING, "fetch", "--from-dir", str(tiny_model)],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    child = _fetch_with_profile(SIGNAL_WHILE_PARSING, tiny_model)
     assert (child.returncode, child.stderr) == (143, b"mdream: terminated\n")
     assert tree(isolated_home) == []
 
@@ -595,15 +589,21 @@ main(sys.argv[1:])
 def test_sigterm_while_fetch_imports_the_quantizer_is_not_lost(
     tiny_model: Path, isolated_home: Path
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, "fetch", "--from-dir", str(tiny_model)],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    child = _fetch_with_profile(SIGNAL_IN_AN_IMPORT, tiny_model)
     assert child.returncode == 143, child.stderr
     assert child.stderr.decode().splitlines()[-1] == "mdream: terminated"
     assert b"Exception ignored" not in child.stderr
     assert child.stdout == b""
     assert tree(isolated_home / "models") == []
+
+
+def _fetch_with_profile(probe: str, model: Path) -> subprocess.CompletedProcess[bytes]:
+    """`mdream fetch --from-dir MODEL` in a child that runs ``probe`` (a profiler that sends
+    itself SIGTERM at one chosen moment) first."""
+    return subprocess.run(
+        [sys.executable, "-c", probe, "fetch", "--from-dir", str(model)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )

@@ -26,9 +26,9 @@ def default_file() -> Path:
     return mdream_home() / "default"
 
 
-# Work folders beside the bundles: `.staging-NAME-pidPID-XXXX` (install), `.build-…` (fetch),
-# `.old-…` (a copy being replaced), `.remove-…` (a bundle being deleted). PID is the process
-# that made it; one that is gone (SIGKILL, power cut) left the folder behind.
+# Work folders beside the bundles: `.staging-<name>-pid<pid>-<random>` (install), `.build-…`
+# (fetch), `.old-…` (a copy being replaced), `.remove-…` (a bundle being deleted). The pid is
+# the process that made it; one that is gone (SIGKILL, power cut) left the folder behind.
 WORK_PREFIXES = (".staging-", ".build-", ".old-", ".remove-")
 
 
