@@ -110,3 +110,49 @@ def test_ctrl_c_in_a_shielded_block_is_raised_as_the_block_ends() -> None:
 
 def test_without_the_handler_ctrl_c_lands_inside_the_block() -> None:
     assert _run(SHIELDED, "plain") == "interrupted\n"
+
+
+# Ctrl-C that lands in code Python's collector runs: a ``__del__``, or the weakref callback
+# importlib leaves on every module lock (run whenever the lock is collected, so anywhere in
+# an import). Python prints an exception raised there ("Exception ignored in ...") and drops
+# it, as ctypes does.
+COLLECTED = """
+import gc, os, signal, sys, time
+from moondream_cli import interrupt
+
+if sys.argv[1] == "install":
+    interrupt.install()
+
+class Signals:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+
+def importlib_callback(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.startswith("<frozen importlib"):
+        if frame.f_code.co_name == "cb":
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+try:
+    if sys.argv[2] == "del":
+        Signals()
+    else:
+        sys.setprofile(importlib_callback)
+        import json.tool  # not imported yet: its module lock is made, then collected
+        sys.setprofile(None)
+    for _ in range(100):
+        time.sleep(0.01)
+    print("ran to the end")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("where", ["del", "importlib"])
+def test_ctrl_c_inside_code_the_collector_runs_still_interrupts(where: str) -> None:
+    assert _run(COLLECTED, "install", where) == "interrupted\n"
+
+
+@pytest.mark.parametrize("where", ["del", "importlib"])
+def test_without_the_handler_ctrl_c_in_collected_code_is_lost(where: str) -> None:
+    assert _run(COLLECTED, "plain", where) == "ran to the end\n"

@@ -5,7 +5,10 @@ Python raises KeyboardInterrupt at whatever line the main thread happens to be o
 of place cannot take it there:
 
 - C calling back into Python (llama.cpp logs often): ctypes prints the exception and drops
-  it, and the run goes on to the end (seen: a folder run finishing with exit 0 after Ctrl-C);
+  it, and the run goes on to the end (seen: a folder run finishing with exit 0 after Ctrl-C).
+  Python itself does the same with what its garbage collector calls: ``__del__`` methods and
+  weakref callbacks, importlib's module-lock callbacks among them (seen: a fetch that ran on
+  to exit 0 after SIGTERM landed while it first imported the quantizer);
 - work that must end once begun: a record or sidecar half written, or a lock taken and never
   released. ``threading.Condition.__enter__`` is Python code that can be interrupted just
   after it took its lock (seen: a folder run hanging for ever after Ctrl-C, the decode
@@ -108,11 +111,23 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         return
     here = frame
     while here is not None:
-        if here.f_code in _CALLBACKS:
+        if _drops_exceptions(here.f_code):
             _deliver_later(signum)
             return
         here = here.f_back
     raise KeyboardInterrupt
+
+
+def _drops_exceptions(code: CodeType) -> bool:
+    """Whether an exception raised in ``code`` is printed and dropped rather than passed on:
+    a callback from C, a ``__del__``, or importlib's own code, whose module-lock weakref
+    callbacks run wherever the collector happens to run (and an import interrupted halfway
+    leaves nothing worth having)."""
+    return (
+        code in _CALLBACKS
+        or code.co_name == "__del__"
+        or code.co_filename.startswith("<frozen importlib.")
+    )
 
 
 def _deliver_later(signum: int) -> None:
