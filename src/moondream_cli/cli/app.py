@@ -20,7 +20,7 @@ import typer
 from .. import __version__, interrupt
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError, OutputClosed, OutputError
 from . import bundles, doctor, infer
-from .output import ClosedStdout, Output, silence_stdout
+from .output import ClosedStdout, Output, results, silence_stdout
 
 app = typer.Typer(
     name="mdream",
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             output.hint(f"Try '{ctx.command_path} --help' for help.")
         code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
     try:
-        sys.stdout.flush()
+        results().flush()
     except BrokenPipeError:
         silence_stdout()
     except (OSError, ValueError) as exc:  # a full disk or /dev/full behind stdout

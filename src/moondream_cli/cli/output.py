@@ -26,9 +26,11 @@ def claim_stdout(*, needed: bool = True) -> TextIO:
 
     The real stdout is moved to a private descriptor that only mdream writes to, and fd 1
     is pointed at stderr, so any stray C-level print from a native library can never mix
-    into the results. Returns the stream results are written to (also set as sys.stdout).
-    A closed stdout (``>&-``) is an OutputError when results are ``needed``, else results
-    go nowhere. File names that are not UTF-8 are written as their own bytes.
+    into the results; ``sys.stdout`` becomes stderr too, for stray Python prints (Ray's
+    driver prints its workers' failures to ``sys.stdout``). Returns the stream results are
+    written to (:func:`results` from then on). A closed stdout (``>&-``) is an OutputError
+    when results are ``needed``, else results go nowhere. File names that are not UTF-8 are
+    written as their own bytes.
     """
     closed = isinstance(sys.stdout, ClosedStdout)
     with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -54,8 +56,18 @@ def claim_stdout(*, needed: bool = True) -> TextIO:
         line_buffering=tty,
         write_through=tty,
     )
-    sys.stdout = stream
+    _claimed.append(stream)
+    sys.stdout = sys.stderr
     return stream
+
+
+_claimed: list[TextIO] = []  # the results stream, once claim_stdout made it
+
+
+def results() -> TextIO:
+    """Where results go: the stream :func:`claim_stdout` made, else ``sys.stdout`` itself
+    (commands whose output is not results of a model, such as ``bundle list``)."""
+    return _claimed[-1] if _claimed else sys.stdout
 
 
 class ClosedStdout(io.TextIOBase):
@@ -83,7 +95,7 @@ def silence_stdout() -> None:
     so that Python's own flush at exit does not complain."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, results().fileno())
         os.close(devnull)
     except (OSError, ValueError):
         pass
@@ -239,4 +251,4 @@ def _bar(unit: str) -> Any:
     return Bars(*columns, console=console, transient=True)
 
 
-__all__ = ["ClosedStdout", "Output", "claim_stdout", "silence_stdout"]
+__all__ = ["ClosedStdout", "Output", "claim_stdout", "results", "silence_stdout"]
