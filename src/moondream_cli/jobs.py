@@ -25,6 +25,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .inputs import Source
+    from .resume import Resumed
     from .runner import ImageResult
 
 
@@ -65,6 +66,8 @@ class Job:
             raise UsageError("--workers and --unordered only apply with --ray")
         if s.ray is not None and "-" in inputs:
             raise UsageError("--ray needs image files the workers can read, not stdin")
+        if s.resume is not None and self.fmt is not Format.JSONL:
+            raise UsageError("--resume continues a --format jsonl run: add --format jsonl")
         if s.quiet and s.verbose:
             raise UsageError("--quiet and --verbose contradict each other: choose one")
         if s.seed is not None and not s.temperature:
@@ -130,9 +133,10 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     fmt = job.fmt
     render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
     stream = job.single and job.fmt is Format.TEXT and out.isatty() and s.ray is None
+    resumed = _resumed(job, out)
     listing = job.open_list()
     try:
-        sink = Sink(job, out, render, stream, progress)
+        sink = Sink(job, out, render, stream, progress, resumed)
         sources = expand(
             job.inputs, recursive=s.recursive, files_from=listing, null=s.null, tally=sink.tally
         )
@@ -143,7 +147,7 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
                 from .ray import cluster_results
 
                 results = cluster_results(
-                    job, sources, sink.exists, lambda: _started(job, sink, progress), progress.info
+                    job, sources, sink.skip, lambda: _started(job, sink, progress), progress.info
                 )
             else:
                 results = _local_results(job, sources, sink, stream, progress)
@@ -159,6 +163,20 @@ def run(job: Job, out: TextIO, progress: Progress) -> Outcome:
     sink.notes()
     out.flush()
     return sink.outcome
+
+
+def _resumed(job: Job, out: TextIO) -> Resumed | None:
+    """What ``--resume FILE`` says is done already; read before the model loads, so that a
+    file that is not an earlier run's output costs nothing."""
+    from .resume import load
+
+    if job.settings.resume is None:
+        return None
+    try:
+        fd: int | None = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = None
+    return load(job.settings.resume, job.questions, fd)
 
 
 def _started(job: Job, sink: Sink, progress: Progress) -> None:
@@ -192,7 +210,7 @@ def _local_results(
             engine,
             sampling,
             constraint=job.constraint,
-            skip=sink.exists,
+            skip=sink.skip,
             read_stdin=lambda: read_stream(sys.stdin.buffer),
             on_text=sink.stream_text if stream else None,
             preparation=Prepare(engine.image_size, engine.fit, s.max_megapixels),

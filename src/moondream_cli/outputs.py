@@ -22,10 +22,11 @@ from .errors import InputError, OutputError
 from .images import EXTENSIONS
 from .inputs import Source, Tally
 from .progress import Progress
-from .records import Record, Renderer, escape_controls, sidecar_path, write_atomic
+from .records import Record, Renderer, escape_controls, escape_line, sidecar_path, write_atomic
 
 if TYPE_CHECKING:
     from .jobs import Job
+    from .resume import Resumed
     from .runner import ImageResult
 
 
@@ -35,7 +36,7 @@ class Outcome:
 
     seen: int = 0
     failed: int = 0  # inputs with a failed record
-    skipped: int = 0  # inputs whose sidecar existed
+    skipped: int = 0  # inputs skipped: their sidecar existed, or --resume's file answered them
     stopped: bool = False  # --fail-fast ended it early
     sidecars: int = 0  # sidecars written
 
@@ -50,9 +51,11 @@ class Sink:
         render: Renderer | None,
         stream: bool,
         progress: Progress,
+        resumed: Resumed | None = None,
     ) -> None:
         self.job, self.out, self.render, self.stream = job, out, render, stream
         self.progress = progress
+        self.resumed = resumed
         self.outcome = Outcome()
         self.tally = Tally()  # what walking folders left out; filled by inputs.expand
         self.planned: dict[str, str] = {}  # sidecar (real path) → the image it is for
@@ -78,6 +81,13 @@ class Sink:
     def stream_text(self, text: str) -> None:
         """A piece of the answer as it is generated: control characters escaped."""
         self.text(escape_controls(text))
+
+    def skip(self, source: Source) -> bool:
+        """Before the image is decoded: True to skip it (``--resume``'s file answered it, or
+        its sidecar is kept); InputError as :meth:`exists`."""
+        if self.resumed is not None and self.resumed.skip(source):
+            return True
+        return self.exists(source)
 
     def exists(self, source: Source) -> bool:
         """Before the image is decoded: True to skip it (its sidecar is there and may not be
@@ -142,11 +152,18 @@ class Sink:
             info(f"left out {n} file{_s(n)} in the folders that {_are(n)} not images")
         if outcome.sidecars:
             info(f"wrote {outcome.sidecars} {self.ext} sidecar{_s(outcome.sidecars)}")
-        if outcome.skipped:
+        resumed = self.resumed
+        kept = outcome.skipped - (resumed.skipped if resumed else 0)
+        if kept:
+            info(f"kept {kept} existing {self.ext} sidecar{_s(kept)} (--overwrite replaces them)")
+        if resumed is not None and resumed.cut:
             info(
-                f"kept {outcome.skipped} existing {self.ext} sidecar{_s(outcome.skipped)}"
-                " (--overwrite replaces them)"
+                f"cut an unfinished record ({resumed.cut} bytes) off the end of "
+                f"{escape_line(self.job.settings.resume or '')}: its image is answered again"
             )
+        if resumed is not None and resumed.skipped:
+            n = resumed.skipped
+            info(f"skipped {n} image{_s(n)} answered already (--resume)")
 
     def _write_sidecar(self, record: Record) -> Record:
         if not record.ok or record.answer is None:

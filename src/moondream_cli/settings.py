@@ -31,6 +31,7 @@ class Settings:
     ext: str = ".txt"  # the sidecar suffix
     overwrite: bool = False  # replace existing sidecars instead of skipping their images
     fail_fast: bool = False  # stop at the first input that fails
+    resume: str | None = None  # an earlier --format jsonl output: skip what it answered
     # -- the model and where it runs
     model_dir: Path | None = None  # None: $MDREAM_MODEL, else the default bundle
     cpu: bool = False  # stay on the CPU even when a GPU is there

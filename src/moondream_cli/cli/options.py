@@ -77,6 +77,16 @@ SETTING_OPTIONS: dict[str, Any] = {
         flag("--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."),
     ],
     "fail_fast": Annotated[bool, flag("--fail-fast", help="Stop at the first input that fails.")],
+    "resume": Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Skip images FILE (an earlier --format jsonl run's output) answered "
+            "without error; add the new records to it with '>> FILE'.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
     "model_dir": ModelDirOpt,
     "cpu": CpuOpt,
     "threads": Annotated[

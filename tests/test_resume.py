@@ -1,0 +1,151 @@
+"""`--resume FILE`: a JSONL run continued from its own output, after it was killed midway."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from moondream_cli.errors import UsageError
+from moondream_cli.inputs import Source
+from moondream_cli.resume import load
+from pipelines_helpers import CORRUPT, make_folder
+
+
+def _record(path: str, question: str = "q", answer: str | None = "a") -> str:
+    error = None if answer is not None else "corrupt"
+    fields = {"path": path, "answer": answer, "question": question, "error": error}
+    return json.dumps({**fields, "elapsed_ms": 5}) + "\n"
+
+
+def test_an_image_is_skipped_only_when_every_question_was_answered(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    done.write_text(
+        _record("a.jpg", "q1")
+        + _record("a.jpg", "q2")
+        + _record("b.jpg", "q1")
+        # c.jpg failed: it is tried again
+        + _record("c.jpg", "q1", None)
+        + _record("c.jpg", "q2")
+    )
+    resumed = load(str(done), ["q1", "q2"])
+    skipped = [p for p in ("a.jpg", "b.jpg", "c.jpg", "d.jpg") if resumed.skip(Source(p))]
+    assert skipped == ["a.jpg"]
+    assert resumed.skipped == 1
+    assert not resumed.skip(Source("-", from_stdin=True))
+
+
+def test_read_on_its_own_the_file_is_never_changed(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    text = _record("a.jpg") + _record("b.jpg")[:20]  # a killed run's partial last line
+    done.write_text(text)
+    resumed = load(str(done), ["q"])
+    assert resumed.skip(Source("a.jpg")) and not resumed.skip(Source("b.jpg"))
+    assert (done.read_text(), resumed.cut) == (text, 0)
+
+
+def test_a_file_that_is_not_an_earlier_output_is_refused_naming_the_line(tmp_path: Path) -> None:
+    other = tmp_path / "captions.txt"
+    other.write_text(_record("a.jpg") + "a.jpg\ta cat\n")
+    with pytest.raises(UsageError, match="line 2 is not an mdream JSONL record") as err:
+        load(str(other), ["q"])
+    assert err.value.path == str(other)
+
+
+# -- end to end: a run killed midway, then resumed -----------------------------------------
+
+
+def _mdream(command: str, cwd: Path, model: Path) -> subprocess.CompletedProcess[bytes]:
+    """``mdream COMMAND`` through a shell (its redirections are the point), in ``cwd``."""
+    mdream = f"{shlex.quote(sys.executable)} -m moondream_cli"
+    options = f"-m {shlex.quote(str(model))} -n 4 -t 1"
+    line = command.replace("mdream describe", f"{mdream} describe {options}", 1)
+    return subprocess.run(
+        ["bash", "-c", line],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _answers(rows: list[dict[str, object]]) -> dict[object, object]:
+    return {row["path"]: row["answer"] for row in rows if row["error"] is None}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumed_ends_with_every_image_answered_once(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    make_folder(tmp_path)
+    whole = _mdream("mdream describe album -r --format jsonl > whole.jsonl", tmp_path, tiny_model)
+    assert whole.returncode == 1, whole.stderr  # the corrupt file
+    expected = _answers(_lines(tmp_path / "whole.jsonl"))
+    assert len(expected) == 4
+
+    # What a run killed while writing its third record leaves behind.
+    out = tmp_path / "out.jsonl"
+    kept = (tmp_path / "whole.jsonl").read_text().splitlines(keepends=True)
+    out.write_text("".join(kept[:2]) + kept[2][: len(kept[2]) // 2])
+    again = _mdream(
+        "mdream describe album -r --format jsonl --resume out.jsonl >> out.jsonl",
+        tmp_path,
+        tiny_model,
+    )
+    assert again.returncode == 1, again.stderr  # the corrupt file is tried again, and fails
+    rows = _lines(out)  # every line a whole record: the partial one was cut off first
+    assert _answers(rows) == expected
+    good = [str(row["path"]) for row in rows if row["error"] is None]
+    assert sorted(good) == sorted(set(good))  # no image answered twice
+    assert [row["path"] for row in rows if row["error"]] == [f"album/{CORRUPT}"]
+    err = again.stderr.decode()
+    assert "skipped 2 images answered already (--resume)" in err
+    assert "cut an unfinished record" in err and "off the end of out.jsonl" in err
+
+    # Nothing left to answer but the corrupt file.
+    last = _mdream(
+        "mdream describe album -r --format jsonl --resume out.jsonl >> out.jsonl",
+        tmp_path,
+        tiny_model,
+    )
+    assert last.returncode == 1
+    assert [row["path"] for row in _lines(out)[len(rows) :]] == [f"album/{CORRUPT}"]
+    assert "skipped 4 images answered already" in last.stderr.decode()
+
+
+@pytest.mark.slow
+def test_resuming_into_a_file_that_stdout_replaces_is_refused(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    make_folder(tmp_path)
+    (tmp_path / "out.jsonl").write_text(_record("album/a.jpg"))
+    done = _mdream(
+        "mdream describe album --format jsonl --resume out.jsonl 1<> out.jsonl",
+        tmp_path,
+        tiny_model,
+    )
+    assert done.returncode == 2
+    assert b"out.jsonl: stdout writes over the file being resumed" in done.stderr
+    assert b"'>>'" in done.stderr
+    assert (tmp_path / "out.jsonl").read_text() == _record("album/a.jpg")
+
+
+@pytest.mark.slow
+def test_resume_needs_jsonl_output(tiny_model: Path, tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    (tmp_path / "out.jsonl").write_text("")
+    done = _mdream("mdream describe album --resume out.jsonl", tmp_path, tiny_model)
+    assert done.returncode == 2 and b"add --format jsonl" in done.stderr
