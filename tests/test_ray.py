@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from conftest import ROOT, draw_photo, run_mdream
 
 IMAGES = 6
+MANY = 120  # for the killed worker: enough that the kill lands with work still in flight
 
 
 def _local_path_imports_no_ray(tiny_model: Path, photo: Path) -> bool:
@@ -78,14 +80,33 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (album / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     sidecars = work / "sidecars"
     shutil.copytree(album, sidecars)
+    many = work / "many"
+    many.mkdir()
+    for i in range(MANY):  # 24 distinct pictures, each under 5 names (hard links: cheap)
+        path = many / f"{i:03d}.jpg"
+        if i < 24:
+            draw_photo((320, 240), seed=i).save(path)
+        else:
+            path.hardlink_to(many / f"{i % 24:03d}.jpg")
     mdream = f"{sys.executable} -m moondream_cli"
     common = f"-m {tiny_model} --threads 1 -n 4"
+    # Once the first record is out, the oldest worker process is killed (SIGKILL: no
+    # goodbye); Ray restarts it and hands its chunks to it again.
+    killed = (
+        f"bash -c '{mdream} describe {many} --ray 127.0.0.1:6380 {common} --format jsonl"
+        f" > {work}/killed.jsonl & run=$!;"
+        f" until [ -s {work}/killed.jsonl ]; do sleep 0.1; done;"
+        f" pkill -9 -o -f ^ray::Worker && echo killed after $(wc -l < {work}/killed.jsonl) >&2;"
+        " wait $run'"
+    )
     commands = [
         f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --format jsonl",
         f"{mdream} describe {album} {common} --format jsonl",
         f"{mdream} describe {sidecars} --ray 127.0.0.1:6380 {common} --sidecar",
         f"{mdream} describe {sidecars} --ray 127.0.0.1:6380 {common} --sidecar",
         f"env -u RAY_AUTH_MODE {mdream} describe {album} --ray 127.0.0.1:6380 {common}",
+        killed,
+        f"{mdream} describe {many} {common} --format jsonl",
     ]
     unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -107,7 +128,8 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         }
         for i, run in enumerate(runs)
     }
-    return {"runs": out, "sidecars": sidecars, "album": album}
+    out["run5"]["out"] = (work / "killed.jsonl").read_bytes()
+    return {"runs": out, "sidecars": sidecars, "album": album, "many": many}
 
 
 def _records(stdout: bytes) -> list[dict[str, object]]:
@@ -144,6 +166,7 @@ def test_both_nodes_serve_and_only_mdreams_lines_reach_stderr(
     cluster_runs: dict[str, object],
 ) -> None:
     err = str(_run(cluster_runs, 0)["err"])
+    assert all(line.startswith("mdream: ") for line in err.splitlines()), err
     assert "mdream: 2 workers on 2 Ray nodes" in err
     assert "bad.jpg: corrupt or truncated image" in err
     assert "Traceback" not in err
@@ -170,6 +193,43 @@ def test_a_cluster_without_token_authentication_is_refused(
 ) -> None:
     run = _run(cluster_runs, 4)
     assert run["rc"] == 2 and "RAY_AUTH_MODE=token" in str(run["err"])
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_no_record_and_duplicates_none(
+    cluster_runs: dict[str, object],
+) -> None:
+    killed, local = _run(cluster_runs, 5), _run(cluster_runs, 6)
+    when = re.search(r"^killed after (\d+)$", str(killed["err"]), re.MULTILINE)
+    assert when is not None, killed["err"]  # a worker was killed ...
+    assert int(when.group(1)) < MANY // 2  # ... with most of the run still to do
+    # Ray's own notices of it (which it prints to stdout) are one mdream line each on stderr.
+    lines = [line for line in str(killed["err"]).splitlines() if line != when.group()]
+    assert all(line.startswith("mdream: ") for line in lines), lines
+    assert any(line.startswith("mdream: Ray: A worker died") for line in lines), lines
+    assert killed["rc"] == local["rc"] == 0, killed["err"]
+    records = _records(killed["out"])  # type: ignore[arg-type]
+    assert len(records) == MANY
+    assert records == _records(local["out"])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_only_paths_and_records_cross_the_object_store(cluster_runs: dict[str, object]) -> None:
+    """What the driver handed Ray and got back, against the pixels of the images: a run
+    that shipped images (bytes or decoded) would carry at least as much as they hold."""
+    from PIL import Image
+
+    many = cluster_runs["many"]
+    assert isinstance(many, Path)
+    pixels = 0
+    for path in many.iterdir():
+        with Image.open(path) as img:
+            pixels += img.width * img.height * 3
+    err = str(_run(cluster_runs, 5)["err"])
+    found = re.search(r"Ray carried ([\d,]+) bytes to the workers .* and ([\d,]+) bytes", err)
+    assert found is not None, err
+    sent, received = (int(n.replace(",", "")) for n in found.groups())
+    assert 0 < sent + received < pixels // 100, (sent, received, pixels)
 
 
 @pytest.mark.slow

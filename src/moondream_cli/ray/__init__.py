@@ -8,7 +8,7 @@ network guard on. Only paths go in and only records come back: no image bytes an
 enter Ray's object store. Per-image failures are records, as locally; a worker that dies is
 restarted by Ray and its chunk retried, and the driver keeps one record set per index.
 Results come out in input order (a bounded lookahead of chunks) or, with ``unordered``, as
-they finish. Ray is imported only here, only when ``--ray`` is given.
+they finish. Ray is imported only here, only when ``--ray`` is given (or :func:`run` called).
 
 Privacy on a cluster (README, "Many machines"): what still holds is that pixels stay in the
 worker that read them, metadata is stripped there, inference is offline and the guard is on
@@ -18,18 +18,24 @@ driver, and images travel from shared storage to the worker that reads them.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
+import sys
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError, NetworkAttempted, UsageError
 from ..inputs import Source
-from ..records import Record
+from ..records import Record, escape_line
 
 if TYPE_CHECKING:
     from ..jobs import Job
     from ..runner import ImageResult
+    from ..settings import Settings
 
 INSTALL = "pip install 'mdream[ray]'"
 CHUNK = 4  # images per task: enough to keep a worker's continuous batching fed
@@ -37,6 +43,43 @@ AHEAD = 3  # chunks in flight per worker: bounds the driver's reorder buffer
 Item = tuple[int, Source]
 Skip = Callable[[Source], bool]
 Results = Iterator["ImageResult"]
+
+
+def run(
+    address: str,
+    inputs: Iterable[str],
+    questions: Iterable[str] | None = None,
+    *,
+    settings: Settings | None = None,
+) -> Iterator[Record]:
+    """Every record for ``inputs`` (files and folders, as on the command line), answered on
+    the Ray cluster at ``address``, in input order: captions, or with ``questions`` one
+    record per image and question. Failed images are records with ``error`` set.
+
+    >>> for record in run("HEAD:6380", ["/shared/photos"]):  # doctest: +SKIP
+    ...     print(record.path, record.answer or record.error)
+    """
+    from dataclasses import replace
+
+    from ..inputs import expand
+    from ..jobs import Job
+    from ..prompts import ASK_MAX_TOKENS, describe_task
+    from ..settings import Settings
+
+    settings = replace(settings or Settings(), ray=address)
+    asked = tuple(questions or ())
+    if asked:
+        job = Job(tuple(inputs), asked, settings, ASK_MAX_TOKENS)
+    else:
+        task = describe_task()
+        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+    sources = expand(job.inputs, recursive=settings.recursive)
+    results = cluster_results(job, sources, lambda _: False, lambda: None, _ray_notice)
+    try:
+        for result in results:
+            yield from result.records
+    finally:
+        results.close()
 
 
 def cluster_results(
@@ -48,34 +91,96 @@ def cluster_results(
 ) -> Generator[ImageResult, None, None]:
     """Every input's :class:`ImageResult`, answered on the cluster at ``job.settings.ray``;
     ``started()`` once the workers are ready, ``note`` for what the user should know."""
-    ray = _import_ray()
-    _refuse_an_open_cluster()
     settings = job.settings
+    ray = _import_ray(settings.ray)
+    _refuse_an_open_cluster()
     try:
         ray.init(
             address=settings.ray, log_to_driver=False, logging_level="ERROR", **_local(settings.ray)
         )
     except Exception as exc:  # ConnectionError, and Ray's own kinds
         raise ModelError(f"cannot reach the Ray cluster at {settings.ray}: {exc}") from exc
+    traffic = Traffic()
+    notices = Notices()
+    stdout, sys.stdout = sys.stdout, notices
     try:
-        pool, workers = _start_workers(ray, job, note)
+        pool, workers = _start_workers(ray, job, note, traffic)
         started()
-        yield from _answers(pool, workers, enumerate(sources), skip, job)
+        for result in _answers(pool, workers, enumerate(sources), skip, job, traffic):
+            notices.pass_on(note)
+            yield result
+        note(
+            f"Ray carried {traffic.sent:,} bytes to the workers (the job and the paths) "
+            f"and {traffic.received:,} bytes of records back"
+        )
     finally:
         ray.shutdown()
+        sys.stdout = stdout
+        notices.pass_on(note)
+
+
+class Notices(io.TextIOBase):
+    """Where ``sys.stdout`` points during a cluster run. Ray's driver prints what its
+    raylets report (a worker that died, a task it retries) to ``sys.stdout``, in colour and
+    at length; here each such line waits, as its first two sentences, for the main thread
+    to pass it on as one ``mdream: Ray: …`` note. Ray prints from its own thread: a deque
+    is safe to append to from there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partial = ""
+        self.lines: deque[str] = deque()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *done, self.partial = (self.partial + text).split("\n")
+        for line in done:
+            line = _COLOUR.sub("", line).removeprefix("(raylet) ").strip()
+            if line:
+                self.lines.append(escape_line(". ".join(line.split(". ")[:2]).rstrip(".") + "."))
+        return len(text)
+
+    def pass_on(self, note: Callable[[str], None]) -> None:
+        while self.lines:
+            note(f"Ray: {self.lines.popleft()}")
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _ray_notice(text: str) -> None:
+    sys.stderr.write(f"mdream: {text}\n")
+
+
+@dataclass
+class Traffic:
+    """What the driver handed Ray and got back, pickled: the proof that no image crossed."""
+
+    sent: int = 0
+    received: int = 0
+
+
+def _loopback(address: str | None) -> bool:
+    host = (address or "").rpartition(":")[0] or (address or "")
+    return host in ("127.0.0.1", "localhost")
 
 
 def _local(address: str | None) -> dict[str, str]:
-    """For a cluster on this machine's loopback, say so: Ray would otherwise probe 8.8.8.8
-    to find this machine's address, and leave loopback."""
-    host = (address or "").rpartition(":")[0] or (address or "")
-    return {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+    """For a cluster on this machine's loopback, the driver's address is loopback too."""
+    return {"_node_ip_address": "127.0.0.1"} if _loopback(address) else {}
 
 
-def _import_ray() -> Any:
+def _import_ray(address: str | None = None) -> Any:
     # Set before Ray reads them: nothing of this run is reported to Ray's usage statistics.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if _loopback(address):
+        # To a cluster on loopback, Ray would still find "this machine's address" by routing a
+        # socket towards 8.8.8.8 (and warn on stderr where that fails): this setting (named
+        # for the platforms it was meant for) keeps it on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -92,7 +197,9 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
-def _start_workers(ray: Any, job: Job, note: Callable[[str], None]) -> tuple[Any, int]:
+def _start_workers(
+    ray: Any, job: Job, note: Callable[[str], None], traffic: Traffic
+) -> tuple[Any, int]:
     """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded."""
     from ray.util import ActorPool
 
@@ -108,6 +215,7 @@ def _start_workers(ray: Any, job: Job, note: Callable[[str], None]) -> tuple[Any
         scheduling_strategy="SPREAD",
     )
     actors = [remote.remote(job) for _ in range(count)]
+    traffic.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
     answers = ray.get([actor.ready.remote() for actor in actors])
     for _, problem in answers:
@@ -118,7 +226,9 @@ def _start_workers(ray: Any, job: Job, note: Callable[[str], None]) -> tuple[Any
     return ActorPool(actors), count
 
 
-def _answers(pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job) -> Results:
+def _answers(
+    pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, traffic: Traffic
+) -> Results:
     """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight."""
     unordered = job.settings.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
@@ -134,18 +244,23 @@ def _answers(pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Jo
         else:
             chunk.append((index, source))
         if len(chunk) >= CHUNK:
-            pool.submit(_answer, chunk)
+            _submit(pool, chunk, traffic)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:
-            _collect(pool, done)
+            _collect(pool, done, traffic)
             in_flight -= 1
         yield from _release(order, done, unordered)
     if chunk:
-        pool.submit(_answer, chunk)
+        _submit(pool, chunk, traffic)
         in_flight += 1
     for _ in range(in_flight):
-        _collect(pool, done)
+        _collect(pool, done, traffic)
         yield from _release(order, done, unordered)
+
+
+def _submit(pool: Any, chunk: list[Item], traffic: Traffic) -> None:
+    pool.submit(_answer, chunk)
+    traffic.sent += len(pickle.dumps(chunk))
 
 
 def _answer(actor: Any, chunk: list[Item]) -> Any:
@@ -165,7 +280,7 @@ def _settled(source: Source, skip: Skip) -> ImageResult | None:
     return None
 
 
-def _collect(pool: Any, done: dict[int, ImageResult]) -> None:
+def _collect(pool: Any, done: dict[int, ImageResult], traffic: Traffic) -> None:
     """One chunk's answers, from whichever worker finishes first; the first set per index is
     kept (a retried chunk answers again)."""
     from ..runner import ImageResult
@@ -174,6 +289,7 @@ def _collect(pool: Any, done: dict[int, ImageResult]) -> None:
         answered = pool.get_next_unordered()
     except Exception as exc:  # a worker that died past its restarts
         raise ModelError(f"a Ray worker failed: {exc}") from exc
+    traffic.received += len(pickle.dumps(answered))
     for entry in answered:
         if entry[0] == "fatal":
             _, code, message = entry
@@ -195,4 +311,4 @@ def _release(order: deque[int], done: dict[int, ImageResult], unordered: bool) -
         yield done.pop(order.popleft())
 
 
-__all__ = ["INSTALL", "cluster_results"]
+__all__ = ["INSTALL", "cluster_results", "run"]
