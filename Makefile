@@ -12,7 +12,8 @@ CUDA_ARCHS ?= 75;80;86;89;90;100;120
 CMAKE_ARGS_CUDA := -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)
 LLAMA_SPEC := >=0.3.36,<0.4
 
-.PHONY: install system-deps run demo test test-fast lint fix bench bench-ref device-kit privacy-check clean
+.PHONY: install system-deps run demo test test-fast lint fix bench bench-cluster bench-ref device-kit \
+  privacy-check clean
 
 install: $(STAMP)
 
@@ -76,6 +77,10 @@ LLAMA_REF_VERSION := 0.3.36
 
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# One process against a two-node Ray cluster on loopback (the 'ray' extra, unshare): ~1 min.
+bench-cluster: install system-deps
+	$(PY) bench/cluster.py $(BENCH_ARGS)
 
 bench-ref: install
 	mkdir -p $(BENCH_REF)
