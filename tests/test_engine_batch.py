@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,17 @@ def images() -> list[Pixels]:
 def engine_factory(tiny_model: Path) -> Iterator[dict[int, Engine]]:
     files = locate.resolve(tiny_model)
     engines = {b: Engine(files, EngineOptions(threads=2, batch=b)) for b in (1, 2, 3)}
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def prefill_engines(tiny_model: Path) -> Iterator[dict[int, Engine]]:
+    """Engines that evaluate the images starting together in one llama_decode."""
+    files = locate.resolve(tiny_model)
+    options = EngineOptions(threads=2, batched_prefill=True)
+    engines = {b: Engine(files, replace(options, batch=b)) for b in (2, 3)}
     yield engines
     for engine in engines.values():
         engine.close()
@@ -106,6 +118,29 @@ def test_batched_answers_are_token_identical_to_single(
         # Answers arrive as they finish: the short ones overtake images admitted before them.
         order = [a.tag for a in answers]
         assert order.index(1) < max(i for i, t in enumerate(order) if t == 0)
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_images_prefilled_together_answer_as_each_does_alone(
+    engine_factory: dict[int, Engine],
+    prefill_engines: dict[int, Engine],
+    images: list[Pixels],
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = native.Context.decode
+    together: list[list[int]] = []  # the sequences of each llama_decode of embeddings
+
+    def spy(context: native.Context, llama_batch: native.Batch) -> None:
+        if llama_batch.n_embd:
+            together.append(list(dict.fromkeys(llama_batch.seqs())))
+        real(context, llama_batch)
+
+    monkeypatch.setattr(native.Context, "decode", spy)
+    limits = {1: 2, 4: 5}  # short answers: their slots are refilled one by one
+    answers = _many(prefill_engines[batch], images, limits)
+    assert list(range(batch)) in together  # the first images, in one llama_decode
+    assert {(a.tag, a.index): a.text for a in answers} == _single(engine_factory[1], images, limits)
 
 
 def test_questions_that_start_together_are_evaluated_together(

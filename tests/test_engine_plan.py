@@ -9,6 +9,7 @@ from moondream_cli.engine.plan import (
     CPU_UBATCH,
     GPU_FALLBACK_BATCH,
     MAX_AUTO_BATCH,
+    PREFILL_GROUP,
     cpu_batch,
     gpu_batch,
     kv_bytes_per_position,
@@ -67,3 +68,33 @@ def test_an_explicit_batch_and_micro_batch_win() -> None:
     assert (layout.batch, layout.seq_positions) == (3, 2048)
     assert layout.n_ubatch == options.n_batch  # never more than a whole batch
     assert layout.flash_attn is True
+
+
+def test_batched_prefill_is_the_gpus_and_sizes_n_batch_for_a_group_of_images() -> None:
+    gpu = plan(
+        EngineOptions(batch=12),
+        on_gpu=True,
+        image_positions=None,
+        kv_bytes_per_position=MOONDREAM_KV,
+        prefill_positions=730,
+    )
+    assert gpu.batched_prefill and gpu.n_batch == PREFILL_GROUP * 730
+    assert gpu.n_ubatch == 512  # the micro-batch stays what it was
+    cpu = plan(EngineOptions(batch=2), on_gpu=False, image_positions=730, kv_bytes_per_position=1)
+    assert not cpu.batched_prefill and cpu.n_batch == EngineOptions().n_batch
+    told = plan(
+        EngineOptions(batch=2, batched_prefill=True),
+        on_gpu=False,
+        image_positions=730,
+        kv_bytes_per_position=1,
+        prefill_positions=730,
+    )
+    assert told.batched_prefill and told.n_batch == 2 * 730
+    alone = plan(
+        EngineOptions(batch=1, batched_prefill=True),
+        on_gpu=True,
+        image_positions=None,
+        kv_bytes_per_position=1,
+        prefill_positions=730,
+    )
+    assert not alone.batched_prefill and alone.n_batch == EngineOptions().n_batch

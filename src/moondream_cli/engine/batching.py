@@ -123,41 +123,56 @@ class ContinuousBatch:
         self, source: Iterator[Request | None], ready: Callable[[], bool] | None
     ) -> Generator[Answer, None, bool]:
         """Give every free slot an image and start the first questions, together; False once
-        ``source`` has run out. Waits for the source only when no sequence is running."""
+        ``source`` has run out. Waits for the source only when no sequence is running. The
+        images taken in one round are evaluated together (``Runtime.eval_images``)."""
         slots = self._slots
         exhausted = False
         while True:
-            starting: list[_Slot] = []
+            taken: list[tuple[int, Request]] = []
             for seq in range(len(slots)):
-                while slots[seq] is None and not exhausted:
-                    busy = any(slot is not None for slot in slots)
-                    if busy and ready is not None and not ready():
-                        break  # the running sequences go on; this slot is filled later
-                    request = next(source, _END)
-                    if request is _END:
-                        exhausted = True
-                        break
-                    if request is None:  # nothing ready after all
-                        if busy:
-                            break
-                        continue
-                    assert isinstance(request, Request)
-                    try:
-                        prefix_len = self._rt.eval_image(request.pixels, seq, request.label)
-                    except InputError as exc:
-                        for i, question in enumerate(request.questions):
-                            yield Answer(request.tag, i, question, None, exc)
-                        continue
-                    slots[seq] = slot = _Slot(seq, request, prefix_len)
-                    starting.append(slot)
+                if slots[seq] is not None:
+                    continue
+                request = self._next(source, ready, busy=bool(taken) or self._running())
+                if request is _END:
+                    exhausted = True
+                    break
+                if request is None:
+                    break  # the running sequences go on; the free slots are filled later
+                assert isinstance(request, Request)
+                taken.append((seq, request))
+            evaluated = self._rt.eval_images([(r.pixels, seq, r.label) for seq, r in taken])
+            starting: list[_Slot] = []
+            for (seq, request), prefix_len in zip(taken, evaluated, strict=True):
+                if isinstance(prefix_len, InputError):
+                    for i, question in enumerate(request.questions):
+                        yield Answer(request.tag, i, question, None, prefix_len)
+                    continue
+                slots[seq] = slot = _Slot(seq, request, prefix_len)
+                starting.append(slot)
             yield from self._start_questions(starting)
             for slot in starting:
                 if slot.reply is None:
                     slots[slot.seq] = None  # every question ended at once: refill the slot
             if exhausted:
                 return False
-            if not starting or all(slot is not None for slot in slots):
+            if not taken or all(slot is not None for slot in slots):
                 return True
+
+    def _running(self) -> bool:
+        return any(slot is not None for slot in self._slots)
+
+    @staticmethod
+    def _next(
+        source: Iterator[Request | None], ready: Callable[[], bool] | None, *, busy: bool
+    ) -> object:
+        """The next request, ``_END`` once there are none, or None when waiting for one
+        would hold up work in hand (``busy``)."""
+        while True:
+            if busy and ready is not None and not ready():
+                return None
+            request = next(source, _END)
+            if request is not None or busy:
+                return request
 
     def _start_questions(self, slots: list[_Slot]) -> Iterator[Answer]:
         """Start each slot's next question; answers that end at once are yielded, and that

@@ -31,6 +31,10 @@ class EngineOptions:
     # attention"); elsewhere llama.cpp decides (on wherever it is supported).
     flash_attn: bool | None = None
     vision_flash_attn: bool | None = None
+    # Images that start together (continuous batching) evaluated into the KV cache in one
+    # llama_decode, their encodes back to back. None: on the GPU only; on the CPU it does
+    # not pay (bench/README.md, "Batched image prefill").
+    batched_prefill: bool | None = None
     # How an image is fitted to the projector's square: the reference's stretch, or
     # llama.cpp's letterbox (README, "Fidelity").
     fit: Fit = Fit.STRETCH

@@ -28,6 +28,9 @@ CPU_MAX_AUTO_BATCH = 7
 CPU_UBATCH = 256
 GPU_UBATCH = 512
 GPU_FALLBACK_BATCH = 8  # when the free GPU memory cannot be read
+# The most images whose prefills go in one llama_decode (batched prefill): n_batch grows to
+# hold them, and so do the host copies of their embeddings (6 MB an image for Moondream2).
+PREFILL_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Plan:
     # Positions per image the CPU batch was sized for; an image that takes more must stop
     # the run, or answers would be cut short. None: no image-dependent sizing.
     image_positions: int | None = None
+    batched_prefill: bool = False  # images that start together: one llama_decode
 
     @property
     def n_ctx(self) -> int:
@@ -57,12 +61,14 @@ def plan(
     image_positions: int | None,
     kv_bytes_per_position: int,
     gpu_free_bytes: int | None = None,
+    prefill_positions: int | None = None,
 ) -> Plan:
     """The layout for ``options`` on this machine.
 
-    ``image_positions``: what "BOS, image" takes (:func:`image_positions`, None if unknown);
-    ``kv_bytes_per_position``: one sequence's KV bytes per position; ``gpu_free_bytes``:
-    free GPU memory, when ``on_gpu`` (None if unknown).
+    ``image_positions``: what "BOS, image" takes (:func:`image_positions`, None if unknown),
+    to size the CPU's batch; ``kv_bytes_per_position``: one sequence's KV bytes per position;
+    ``gpu_free_bytes``: free GPU memory, when ``on_gpu`` (None if unknown);
+    ``prefill_positions``: what an image takes, to size n_batch for batched prefill.
     """
     n_ctx = options.n_ctx
     sized_for: int | None = None
@@ -78,14 +84,23 @@ def plan(
     flash_attn = options.flash_attn
     if flash_attn is None and not on_gpu:
         flash_attn = False
+    seq_cells = seq_positions if on_gpu else cpu_kv_cells(seq_positions)
+    batched = on_gpu if options.batched_prefill is None else options.batched_prefill
+    batched = batched and batch > 1 and prefill_positions is not None
+    n_batch = options.n_batch
+    if batched and prefill_positions is not None:
+        # Room for a group of images in one llama_decode (llama.cpp caps n_batch at n_ctx).
+        group = min(batch, PREFILL_GROUP) * prefill_positions
+        n_batch = max(n_batch, min(group, seq_cells * batch))
     return Plan(
         batch=batch,
         seq_positions=seq_positions,
-        seq_cells=seq_positions if on_gpu else cpu_kv_cells(seq_positions),
-        n_batch=options.n_batch,
+        seq_cells=seq_cells,
+        n_batch=n_batch,
         n_ubatch=min(n_ubatch, options.n_batch),
         flash_attn=flash_attn,
         image_positions=sized_for,
+        batched_prefill=batched,
     )
 
 

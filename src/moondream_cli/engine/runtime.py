@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .. import reference
 from ..errors import InputError, ModelError
@@ -45,6 +45,17 @@ class Timings:
     def reset(self) -> None:
         for f in fields(self):
             setattr(self, f.name, f.default)
+
+
+@dataclass
+class _Staged:
+    """An image encoded for a batched prefill: its embeddings go to ``seq`` from ``pos``."""
+
+    index: int  # in the eval_images call
+    seq: int
+    pos: int
+    embeddings: Any  # a ctypes float array, n_tokens rows of n_embd
+    n_tokens: int
 
 
 class Runtime:
@@ -94,6 +105,7 @@ class Runtime:
             image_positions=None if self.on_gpu else image_positions(self.files.mmproj),
             kv_bytes_per_position=kv_bytes_per_position(self.model.n_layer, self.model.n_embd),
             gpu_free_bytes=native.gpu_free_bytes() if auto_gpu else None,
+            prefill_positions=image_positions(self.files.mmproj),
         )
         params = native.ContextParams(
             n_ctx=self.plan.n_ctx,
@@ -168,6 +180,88 @@ class Runtime:
         saves a decode step per image (0.1 s on a 2-core CPU) and changes nothing, as the BOS
         was always evaluated on its own.
         """
+        chunks, pos = self._image_prompt(pixels, seq, label)
+        with chunks:
+            for chunk in chunks:
+                pos = self._eval_chunk_of(label, chunk, pos, seq)
+        return self._image_in(seq, pos)
+
+    def eval_images(self, images: list[tuple[Pixels, int, str | None]]) -> list[int | InputError]:
+        """:meth:`eval_image` for several (pixels, sequence, label) at once: each one's
+        positions, or the InputError it failed with.
+
+        With the plan's batched prefill the images are encoded back to back and their
+        embeddings evaluated together, in consecutive sequences, up to ``n_batch`` tokens per
+        ``llama_decode``. llama.cpp then computes every micro-batch with as many tokens of
+        each sequence, each in its own KV stream: per token, the same arithmetic as alone
+        (``tests/test_engine_batch.py`` holds the answers to it).
+        """
+        if len(images) < 2 or not self.plan.batched_prefill:
+            return [self._attempt(pixels, seq, label) for pixels, seq, label in images]
+        results: list[int | InputError] = [0] * len(images)
+        staged: list[_Staged] = []
+        for index, (pixels, seq, label) in enumerate(images):
+            try:
+                chunks, pos = self._image_prompt(pixels, seq, label)
+                with chunks:
+                    *before, last = list(chunks)
+                    alone = not last.is_image or any(c.is_image for c in before)
+                    if alone or not self.projector.batchable(last):
+                        for chunk in [*before, last]:  # not Moondream's layout: as alone
+                            pos = self._eval_chunk_of(label, chunk, pos, seq)
+                        results[index] = self._image_in(seq, pos)
+                        continue
+                    for chunk in before:
+                        pos = self._eval_chunk_of(label, chunk, pos, seq)
+                    with self._timed("encode"):
+                        self.projector.encode(last)
+                    embeddings = self.projector.embeddings(last, self.model.n_embd)
+                staged.append(_Staged(index, seq, pos, embeddings, last.n_tokens))
+            except InputError as exc:
+                exc.path = exc.path or label
+                results[index] = exc
+        for group in self._prefill_groups(staged):
+            try:
+                self._prefill(group)
+            except InputError as exc:
+                for image in group:
+                    results[image.index] = InputError(exc.message, path=images[image.index][2])
+                continue
+            for image in group:
+                results[image.index] = self._image_in(image.seq, image.pos + image.n_tokens)
+        return results
+
+    def _attempt(self, pixels: Pixels, seq: int, label: str | None) -> int | InputError:
+        try:
+            return self.eval_image(pixels, seq, label)
+        except InputError as exc:
+            return exc
+
+    def _prefill_groups(self, staged: list[_Staged]) -> Iterator[list[_Staged]]:
+        """Staged images in groups of at most ``n_batch`` tokens, in order of sequence."""
+        group: list[_Staged] = []
+        tokens = 0
+        for image in sorted(staged, key=lambda image: image.seq):
+            if group and tokens + image.n_tokens > self.plan.n_batch:
+                yield group
+                group, tokens = [], 0
+            group.append(image)
+            tokens += image.n_tokens
+        if group:
+            yield group
+
+    def _prefill(self, group: list[_Staged]) -> None:
+        total = sum(image.n_tokens for image in group)
+        with self._timed("image_prefill"), native.Batch(total, self.model.n_embd) as batch:
+            for image in group:
+                batch.add_embeddings(image.embeddings, image.pos, image.seq)
+            self.context.decode(batch)
+
+    def _image_prompt(
+        self, pixels: Pixels, seq: int, label: str | None
+    ) -> tuple[native.Chunks, int]:
+        """ "BOS, image" (the BOS only if ``seq`` lost it) tokenized for ``seq``, which is
+        emptied down to its BOS; the chunks and the position they start at."""
         keep_bos = seq in self._bos_seqs
         # Only our own fixed text goes through parse_special: the BOS piece and the marker.
         text = (b"" if keep_bos else self.bos_text) + self.projector.marker
@@ -179,14 +273,17 @@ class Runtime:
             raise
         self._bos_seqs.discard(seq)  # until the image is in: a failure may leave anything
         self.context.remove(seq, 1 if keep_bos else 0)
-        pos = 1 if keep_bos else 0
-        with chunks:
-            for chunk in chunks:
-                try:
-                    pos = self._eval_chunk(chunk, pos, seq)
-                except InputError as exc:
-                    exc.path = label
-                    raise
+        return chunks, 1 if keep_bos else 0
+
+    def _eval_chunk_of(self, label: str | None, chunk: native.Chunk, pos: int, seq: int) -> int:
+        try:
+            return self._eval_chunk(chunk, pos, seq)
+        except InputError as exc:
+            exc.path = label
+            raise
+
+    def _image_in(self, seq: int, pos: int) -> int:
+        """The image is in ``seq`` up to ``pos``: count it, note the BOS, check its size."""
         self.timings.images += 1
         self.timings.image_positions = pos
         if self.bos_text:

@@ -221,15 +221,34 @@ def flash_attn_type(on: bool | None) -> int:
 
 
 class Batch(Owned):
-    """A ``llama_batch`` of up to ``capacity`` tokens, each in one sequence."""
+    """A ``llama_batch`` of up to ``capacity`` tokens, each in one sequence: token ids, or
+    with ``n_embd`` embeddings of that width (an image's, :meth:`add_embeddings`)."""
 
     _what = "llama_batch"
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, n_embd: int = 0) -> None:
         ll = llama()
-        super().__init__(ll.llama_batch_init(capacity, 0, 1), ll.llama_batch_free)
+        super().__init__(ll.llama_batch_init(capacity, n_embd, 1), ll.llama_batch_free)
         self.capacity = capacity
+        self.n_embd = n_embd
         self.n = 0
+
+    def add_embeddings(self, embd: Any, pos: int, seq: int) -> None:
+        """Append the rows of ``embd`` (a ctypes float array, ``n_embd`` floats a row) at
+        consecutive positions of ``seq`` from ``pos``, without logits."""
+        n = len(embd) // self.n_embd
+        if not self.n_embd or self.n + n > self.capacity:
+            raise RuntimeError(f"llama_batch cannot take {n} more embeddings")
+        batch, first = self.ptr, self.n
+        dst = ctypes.cast(batch.embd, ctypes.c_void_p).value
+        assert dst is not None
+        ctypes.memmove(dst + first * self.n_embd * 4, embd, n * self.n_embd * 4)
+        for j in range(n):
+            batch.pos[first + j] = pos + j
+            batch.n_seq_id[first + j] = 1
+            batch.seq_id[first + j][0] = seq
+            batch.logits[first + j] = False
+        self.n += n
 
     def add(self, token: int, pos: int, seq: int, *, logits: bool = False) -> int:
         """Append ``token`` at ``pos`` of ``seq``; return its row (``logits`` asks for that

@@ -86,6 +86,24 @@ class Projector(Owned):
         if rc != 0:
             raise InputError(f"libmtmd could not encode the image (code {rc})")
 
+    def batchable(self, chunk: Chunk) -> bool:
+        """Whether the image's embeddings can be evaluated as plain rows at consecutive
+        positions with causal attention, as Moondream2's are (:meth:`embeddings`); models
+        with M-RoPE positions or non-causal image attention need libmtmd's own helper."""
+        mt = mtmd()
+        return not mt.mtmd_decode_use_mrope(self.ptr) and not mt.mtmd_decode_use_non_causal(
+            self.ptr, chunk.ptr
+        )
+
+    def embeddings(self, chunk: Chunk, n_embd: int) -> Any:
+        """A copy of the last encoded image's embeddings (``chunk.n_tokens`` rows of
+        ``n_embd`` floats): the next encode replaces libmtmd's own."""
+        size = chunk.n_tokens * n_embd
+        copy = (ctypes.c_float * size)()
+        src = mtmd().mtmd_get_output_embd(self.ptr)
+        ctypes.memmove(copy, src, size * 4)
+        return copy
+
     def decode_image(self, context: Context, chunk: Chunk, pos: int, seq: int, n_batch: int) -> int:
         """Evaluate the last encoded image into ``seq`` from ``pos``; return the next position."""
         mt, ll = mtmd(), llama()
