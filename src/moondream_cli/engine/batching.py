@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..images import Pixels
 from .options import Sampling
-from .runtime import Reply, Runtime
+from .runtime import Runtime
+from .stream import Reply
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :class:`Runtime` loads the pair as :mod:`.plan` lays it out and offers the four steps the
 single-image path and continuous batching share: an image into a sequence
-(:meth:`~Runtime.eval_image`), question prompts (:meth:`~Runtime.decode_prompts`), one
+(:meth:`~Runtime.eval_image`; several at once, :meth:`~Runtime.eval_images`), question prompts (:meth:`~Runtime.decode_prompts`), one
 decode step for every running answer (:meth:`~Runtime.decode_step`), and :meth:`~Runtime.reply`,
 which samples an answer. Each step's time inside llama.cpp is added to :class:`Timings`.
 """
@@ -24,7 +24,7 @@ from ..prompts import question_prompt
 from . import native
 from .options import EngineOptions, Sampling
 from .plan import Plan, cpu_has_amx, image_positions, kv_bytes_per_position, physical_cores, plan
-from .stream import TextStream
+from .stream import Reply, TextStream
 
 OwnedT = TypeVar("OwnedT", bound=native.Owned)
 
@@ -390,38 +390,3 @@ class Runtime:
         )
         stream = TextStream(sampling, self.model.piece, self.model.is_eog, on_text)
         return Reply(self.context, sampler, stream, pos, limit)
-
-
-class Reply:
-    """One answer being sampled: its sampler, its text, where its next token goes."""
-
-    def __init__(
-        self,
-        context: native.Context,
-        sampler: native.Sampler,
-        stream: TextStream,
-        pos: int,
-        limit: int,
-    ) -> None:
-        self._context, self._sampler, self._stream = context, sampler, stream
-        self.pos = pos
-        self.limit = limit
-        self.tokens = 0  # sampled so far, the one that ended the answer included
-        self.token = 0  # the last one sampled, fed at ``pos`` by the next decode step
-
-    def step(self, row: int) -> str | None:
-        """Sample the next token from logits ``row``; the answer's text once it has ended."""
-        token = self._sampler.sample(self._context, row)
-        self.tokens += 1
-        if self._stream.push(token) or self.tokens >= self.limit:
-            self.close()
-            return self._stream.finish()
-        self.token = token
-        return None
-
-    def feed(self, batch: native.Batch, seq: int) -> None:
-        batch.add(self.token, self.pos, seq, logits=True)
-        self.pos += 1
-
-    def close(self) -> None:
-        self._sampler.close()
