@@ -2,9 +2,10 @@
 
 :class:`Runtime` loads the pair as :mod:`.plan` lays it out and offers the four steps the
 single-image path and continuous batching share: an image into a sequence
-(:meth:`~Runtime.eval_image`; several at once, :meth:`~Runtime.eval_images`), question prompts (:meth:`~Runtime.decode_prompts`), one
-decode step for every running answer (:meth:`~Runtime.decode_step`), and :meth:`~Runtime.reply`,
-which samples an answer. Each step's time inside llama.cpp is added to :class:`Timings`.
+(:meth:`~Runtime.eval_image`; several at once, :meth:`~Runtime.eval_images`), question
+prompts (:meth:`~Runtime.decode_prompts`), one decode step for every running answer
+(:meth:`~Runtime.decode_step`), and :meth:`~Runtime.reply`, which samples an answer. Each
+step's time inside llama.cpp is added to :class:`Timings`.
 """
 
 from __future__ import annotations
@@ -260,8 +261,8 @@ class Runtime:
     def _image_prompt(
         self, pixels: Pixels, seq: int, label: str | None
     ) -> tuple[native.Chunks, int]:
-        """ "BOS, image" (the BOS only if ``seq`` lost it) tokenized for ``seq``, which is
-        emptied down to its BOS; the chunks and the position they start at."""
+        """The chunks of "BOS, image" for ``seq`` (the BOS only if ``seq`` lost it), and the
+        position they start at; ``seq`` is emptied down to its BOS."""
         keep_bos = seq in self._bos_seqs
         # Only our own fixed text goes through parse_special: the BOS piece and the marker.
         text = (b"" if keep_bos else self.bos_text) + self.projector.marker

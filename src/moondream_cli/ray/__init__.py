@@ -74,7 +74,9 @@ def run(
         task = describe_task()
         job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
     sources = expand(job.inputs, recursive=settings.recursive)
-    results = cluster_results(job, sources, lambda _: False, lambda: None, _ray_notice)
+    # Ray's own notices stay on the caller's stdout, where Ray prints them: the caller's
+    # prints must not be taken for them.
+    results = cluster_results(job, sources, lambda _: False, lambda: None, _ray_notice, False)
     try:
         for result in results:
             yield from result.records
@@ -88,9 +90,11 @@ def cluster_results(
     skip: Callable[[Source], bool],
     started: Callable[[], None],
     note: Callable[[str], None],
+    notices: bool = True,
 ) -> Generator[ImageResult, None, None]:
     """Every input's :class:`ImageResult`, answered on the cluster at ``job.settings.ray``;
-    ``started()`` once the workers are ready, ``note`` for what the user should know."""
+    ``started()`` once the workers are ready, ``note`` for what the user should know, and
+    with ``notices`` for what Ray prints on ``sys.stdout`` meanwhile (:class:`Notices`)."""
     settings = job.settings
     ray = _import_ray(settings.ray)
     _refuse_an_open_cluster()
@@ -101,13 +105,15 @@ def cluster_results(
     except Exception as exc:  # ConnectionError, and Ray's own kinds
         raise ModelError(f"cannot reach the Ray cluster at {settings.ray}: {exc}") from exc
     traffic = Traffic()
-    notices = Notices()
-    stdout, sys.stdout = sys.stdout, notices
+    caught = Notices()
+    stdout = sys.stdout
+    if notices:
+        sys.stdout = caught
     try:
         pool, workers = _start_workers(ray, job, note, traffic)
         started()
         for result in _answers(pool, workers, enumerate(sources), skip, job, traffic):
-            notices.pass_on(note)
+            caught.pass_on(note)
             yield result
         note(
             f"Ray carried {traffic.sent:,} bytes to the workers (the job and the paths) "
@@ -116,7 +122,7 @@ def cluster_results(
     finally:
         ray.shutdown()
         sys.stdout = stdout
-        notices.pass_on(note)
+        caught.pass_on(note)
 
 
 class Notices(io.TextIOBase):
