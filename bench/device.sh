@@ -11,7 +11,8 @@
 #          loads, placed as its wheel places them, and llama-mtmd-cli for the reference column.
 #   test   the test files that run the engine; not the privacy ones, which need strace and
 #          unshare (not on that machine), nor the pipelines' (jsonschema).
-#   bench  bench/bench.py $BENCH_ARGS; the table, the JSON result and the logs go to $OUT.
+#   bench  bench/bench.py $BENCH_ARGS, then bench/prefill.py --gpu --batch 8; the tables, the
+#          JSON result and the logs go to $OUT.
 # DEVICE_CMAKE_ARGS replaces the CUDA flags; set it empty to try the script on a CPU here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,10 @@ run_bench() {
     [ -n "$result" ] && cp "$result" "$OUT/"
     say "bench: exit $rc"
     cat "$OUT/table.md"
+    # Batched image prefill on the GPU (bench/README.md, "Batched image prefill").
+    "$PY" bench/prefill.py --gpu --batch 8 >"$OUT/prefill.md" 2>>"$OUT/bench.log" || rc=1
+    say "prefill: $(tail -n 1 "$OUT/prefill.md")"
+    cat "$OUT/prefill.md"
     return $rc
 }
 

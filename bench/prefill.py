@@ -1,12 +1,13 @@
-"""Batched image prefill on this CPU: two images evaluated in one llama_decode, or one each.
+"""Batched image prefill: N images evaluated in one llama_decode, or one each.
 
-    python bench/prefill.py [--rounds N]
+    python bench/prefill.py [--rounds R] [--batch N] [--gpu]
 
-Two engines on the benchmark's full-size Q4_K_M pair, both answering two images at a time
-(``batch=2``), one with ``batched_prefill`` and one without, alternating, so that the machine's
-drift hits both. Each round asks both images one question for one token: what is timed is
-the images' encode and prefill (llama.cpp's own clock, ``Timings``) and the round's wall time.
-The answers must be the same on both sides.
+Two engines on the benchmark's full-size Q4_K_M pair, both answering N images at a time
+(``batch=N``, default 2), one with ``batched_prefill`` and one without, alternating, so that
+the machine's drift hits both. Each round asks every image one question for one token: what
+is timed is the images' encode and prefill (llama.cpp's own clock, ``Timings``) and the
+round's wall time. The answers must be the same on both sides. On the CPU by default;
+``--gpu`` offloads (``bench/device.sh bench`` runs it with ``--gpu --batch 8``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
@@ -22,6 +24,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tes
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
 
     from fixtures import prepare_images, prepare_models
@@ -32,15 +36,14 @@ def main() -> int:
 
     models = prepare_models("full")
     files = locate.resolve(models["dir"])
-    paths = prepare_images(2, 0)["photo"]
+    paths = prepare_images(args.batch, 0)["photo"]
     pixels = [load_image(path, size=378) for path in paths]
     sampling = Sampling(max_tokens=1, fixed_length=True)
     requests = [Request(p, ("Describe this image.",), tag=i) for i, p in enumerate(pixels)]
+    common = EngineOptions(threads=None if args.gpu else 2, gpu=args.gpu, batch=args.batch)
     sides = {
-        "one llama_decode per image": EngineOptions(threads=2, gpu=False, batch=2),
-        "both images in one llama_decode": EngineOptions(
-            threads=2, gpu=False, batch=2, batched_prefill=True
-        ),
+        "one llama_decode per image": replace(common, batched_prefill=False),
+        f"{args.batch} images per llama_decode": replace(common, batched_prefill=True),
     }
     engines = {name: Engine(files, options) for name, options in sides.items()}
     totals = {name: [0.0, 0.0, 0.0] for name in sides}  # encode, prefill, wall
@@ -60,8 +63,9 @@ def main() -> int:
     finally:
         for engine in engines.values():
             engine.close()
-    images = 2 * args.rounds
-    print(f"{images} images per side, 2 at a time, full-size Q4_K_M pair, 2 threads, CPU")
+    images = args.batch * args.rounds
+    where = "GPU" if args.gpu else "CPU, 2 threads"
+    print(f"{images} images per side, {args.batch} at a time, full-size Q4_K_M pair, {where}")
     print(f"{'side':34} {'encode s/img':>13} {'prefill s/img':>14} {'wall s/img':>11}")
     for name, (encode, prefill, wall) in totals.items():
         print(f"{name:34} {encode / images:13.3f} {prefill / images:14.3f} {wall / images:11.3f}")
