@@ -107,6 +107,11 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         f"env -u RAY_AUTH_MODE {mdream} describe {album} --ray 127.0.0.1:6380 {common}",
         killed,
         f"{mdream} describe {many} {common} --format jsonl",
+        # A JSONL run cut after three records, resumed on the cluster.
+        f"head -n 3 {work}/run0.out > {work}/resumed.jsonl && {mdream} describe {album}"
+        f" --ray 127.0.0.1:6380 {common} --format jsonl --resume {work}/resumed.jsonl"
+        f" >> {work}/resumed.jsonl",
+        f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --workers 3",
     ]
     unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -129,6 +134,7 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         for i, run in enumerate(runs)
     }
     out["run5"]["out"] = (work / "killed.jsonl").read_bytes()
+    out["run7"]["out"] = (work / "resumed.jsonl").read_bytes()
     return {"runs": out, "sidecars": sidecars, "album": album, "many": many}
 
 
@@ -211,6 +217,25 @@ def test_a_worker_killed_mid_run_costs_no_record_and_duplicates_none(
     records = _records(killed["out"])  # type: ignore[arg-type]
     assert len(records) == MANY
     assert records == _records(local["out"])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_cut_jsonl_run_resumed_on_the_cluster_is_the_whole_run(
+    cluster_runs: dict[str, object],
+) -> None:
+    resumed, whole = _run(cluster_runs, 7), _run(cluster_runs, 0)
+    assert resumed["rc"] == 1  # the corrupt file is tried again
+    assert "skipped 3 images answered already" in str(resumed["err"])
+    assert _records(resumed["out"]) == _records(whole["out"])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_more_workers_than_the_cluster_has_cpus_is_refused_not_a_hang(
+    cluster_runs: dict[str, object],
+) -> None:
+    run = _run(cluster_runs, 8)
+    assert run["rc"] == 2
+    assert "3 workers need 3 CPUs (one each); the Ray cluster has 2" in str(run["err"])
 
 
 @pytest.mark.slow

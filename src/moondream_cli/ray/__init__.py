@@ -214,6 +214,13 @@ def _start_workers(
     settings = job.settings
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     count = settings.workers or max(1, len(nodes))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if count > cpus:
+        # Ray would wait for ever for CPUs that do not exist (busy ones it waits for rightly).
+        raise UsageError(
+            f"{count} workers need {count} CPUs (one each); the Ray cluster has {cpus}: "
+            "pass a smaller --workers, or add nodes"
+        )
     remote = ray.remote(Worker).options(
         num_cpus=1,
         max_restarts=2,  # a worker that dies is started again ...
