@@ -112,6 +112,12 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         f" --ray 127.0.0.1:6380 {common} --format jsonl --resume {work}/resumed.jsonl"
         f" >> {work}/resumed.jsonl",
         f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --workers 3",
+        # Last, as it breaks the cluster: the second node dies (its raylet and the processes
+        # it started, the worker among them, SIGKILLed) once the first records are out.
+        f"bash -c '{mdream} describe {many} --ray 127.0.0.1:6380 {common} --format jsonl"
+        f" > {work}/died.jsonl & run=$!; until [ -s {work}/died.jsonl ]; do sleep 0.1; done;"
+        " node=$(pgrep -n -f [r]aylet/raylet) && pkill -9 -P $node && kill -9 $node"
+        " && echo node killed >&2; wait $run'",
     ]
     unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -135,6 +141,7 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     out["run5"]["out"] = (work / "killed.jsonl").read_bytes()
     out["run7"]["out"] = (work / "resumed.jsonl").read_bytes()
+    out["run9"]["out"] = (work / "died.jsonl").read_bytes()
     return {"runs": out, "sidecars": sidecars, "album": album, "many": many}
 
 
@@ -236,6 +243,24 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused_not_a_hang(
     run = _run(cluster_runs, 8)
     assert run["rc"] == 2
     assert "3 workers need 3 CPUs (one each); the Ray cluster has 2" in str(run["err"])
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_with_no_cpu_to_spare_ends_the_run_with_its_records_whole(
+    cluster_runs: dict[str, object],
+) -> None:
+    # Its worker cannot start again (the head's one CPU is taken): once Ray's retries run out
+    # the run stops with one line and exit 3, every record before it whole and in order.
+    died, local = _run(cluster_runs, 9), _run(cluster_runs, 6)
+    lines = str(died["err"]).splitlines()
+    assert "node killed" in lines
+    assert died["rc"] == 3, lines
+    assert lines[-1].startswith("mdream: error: a Ray worker failed and Ray's retries ran out")
+    assert lines[-1].endswith("--resume or --sidecar continues the run")
+    assert all(line.startswith("mdream: ") for line in lines if line != "node killed"), lines
+    records = _records(died["out"])  # type: ignore[arg-type]
+    assert 0 < len(records) < MANY
+    assert records == _records(local["out"])[: len(records)]  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

@@ -104,25 +104,24 @@ def cluster_results(
         )
     except Exception as exc:  # ConnectionError, and Ray's own kinds
         raise ModelError(f"cannot reach the Ray cluster at {settings.ray}: {exc}") from exc
-    traffic = Traffic()
-    caught = Notices()
+    link = Link(note, Notices())
     stdout = sys.stdout
     if notices:
-        sys.stdout = caught
+        sys.stdout = link.caught
     try:
-        pool, workers = _start_workers(ray, job, note, traffic)
+        pool, workers = _start_workers(ray, job, link)
         started()
-        for result in _answers(pool, workers, enumerate(sources), skip, job, traffic):
-            caught.pass_on(note)
+        for result in _answers(pool, workers, enumerate(sources), skip, job, link):
+            link.tell()
             yield result
         note(
-            f"Ray carried {traffic.sent:,} bytes to the workers (the job and the paths) "
-            f"and {traffic.received:,} bytes of records back"
+            f"Ray carried {link.sent:,} bytes to the workers (the job and the paths) "
+            f"and {link.received:,} bytes of records back"
         )
     finally:
         ray.shutdown()
         sys.stdout = stdout
-        caught.pass_on(note)
+        link.tell()
 
 
 class Notices(io.TextIOBase):
@@ -144,7 +143,7 @@ class Notices(io.TextIOBase):
         *done, self.partial = (self.partial + text).split("\n")
         for line in done:
             line = _COLOUR.sub("", line).removeprefix("(raylet) ").strip()
-            if line:
+            if line and not _LOG_LINE.match(line):  # a dead raylet's log tail: noise here
                 self.lines.append(escape_line(". ".join(line.split(". ")[:2]).rstrip(".") + "."))
         return len(text)
 
@@ -154,6 +153,7 @@ class Notices(io.TextIOBase):
 
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d |The last \d+ lines of ")
 
 
 def _ray_notice(text: str) -> None:
@@ -161,11 +161,19 @@ def _ray_notice(text: str) -> None:
 
 
 @dataclass
-class Traffic:
-    """What the driver handed Ray and got back, pickled: the proof that no image crossed."""
+class Link:
+    """The driver's end of a run: where what the user should know goes (``note``, with Ray's
+    ``caught`` notices), and the bytes it handed Ray and got back, pickled: the proof that
+    no image crossed."""
 
+    note: Callable[[str], None]
+    caught: Notices
     sent: int = 0
     received: int = 0
+
+    def tell(self) -> None:
+        """Pass Ray's notices on, as ``mdream: Ray: …`` notes."""
+        self.caught.pass_on(self.note)
 
 
 def _loopback(address: str | None) -> bool:
@@ -203,9 +211,7 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
-def _start_workers(
-    ray: Any, job: Job, note: Callable[[str], None], traffic: Traffic
-) -> tuple[Any, int]:
+def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded."""
     from ray.util import ActorPool
 
@@ -228,19 +234,19 @@ def _start_workers(
         scheduling_strategy="SPREAD",
     )
     actors = [remote.remote(job) for _ in range(count)]
-    traffic.sent += count * len(pickle.dumps(job))
+    link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
     answers = ray.get([actor.ready.remote() for actor in actors])
     for _, problem in answers:
         if problem is not None:
             raise ModelError(problem)
     on = len({node for node, _ in answers})
-    note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
+    link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
     return ActorPool(actors), count
 
 
 def _answers(
-    pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, traffic: Traffic
+    pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, link: Link
 ) -> Results:
     """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight."""
     unordered = job.settings.unordered
@@ -257,23 +263,23 @@ def _answers(
         else:
             chunk.append((index, source))
         if len(chunk) >= CHUNK:
-            _submit(pool, chunk, traffic)
+            _submit(pool, chunk, link)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:
-            _collect(pool, done, traffic)
+            _collect(pool, done, link)
             in_flight -= 1
         yield from _release(order, done, unordered)
     if chunk:
-        _submit(pool, chunk, traffic)
+        _submit(pool, chunk, link)
         in_flight += 1
     for _ in range(in_flight):
-        _collect(pool, done, traffic)
+        _collect(pool, done, link)
         yield from _release(order, done, unordered)
 
 
-def _submit(pool: Any, chunk: list[Item], traffic: Traffic) -> None:
+def _submit(pool: Any, chunk: list[Item], link: Link) -> None:
     pool.submit(_answer, chunk)
-    traffic.sent += len(pickle.dumps(chunk))
+    link.sent += len(pickle.dumps(chunk))
 
 
 def _answer(actor: Any, chunk: list[Item]) -> Any:
@@ -293,16 +299,19 @@ def _settled(source: Source, skip: Skip) -> ImageResult | None:
     return None
 
 
-def _collect(pool: Any, done: dict[int, ImageResult], traffic: Traffic) -> None:
+def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
     """One chunk's answers, from whichever worker finishes first; the first set per index is
     kept (a retried chunk answers again)."""
     from ..runner import ImageResult
 
     try:
         answered = pool.get_next_unordered()
-    except Exception as exc:  # a worker that died past its restarts
-        raise ModelError(f"a Ray worker failed: {exc}") from exc
-    traffic.received += len(pickle.dumps(answered))
+    except Exception as exc:  # a worker that died past its restarts, a node that died
+        raise ModelError(
+            f"a Ray worker failed and Ray's retries ran out ({_first_sentence(exc)}); the "
+            "records written so far are whole: --resume or --sidecar continues the run"
+        ) from exc
+    link.received += len(pickle.dumps(answered))
     for entry in answered:
         if entry[0] == "fatal":
             _, code, message = entry
@@ -313,6 +322,11 @@ def _collect(pool: Any, done: dict[int, ImageResult], traffic: Traffic) -> None:
             )
         index, source, records = entry
         done.setdefault(index, ImageResult(source, [Record(**r) for r in records]))
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return escape_line(text.split(". ")[0].rstrip(".")[:300])
 
 
 def _release(order: deque[int], done: dict[int, ImageResult], unordered: bool) -> Results:
