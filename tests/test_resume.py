@@ -58,6 +58,22 @@ def test_a_file_that_is_not_an_earlier_output_is_refused_naming_the_line(tmp_pat
     assert err.value.path == str(other)
 
 
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="takes a file"):
+        load(str(fifo), ["q"])
+
+
+def test_a_line_too_long_for_a_record_is_refused_and_nothing_is_cut(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    text = _record("a.jpg") + "x" * (1 << 24) + "\n" + _record("b.jpg")
+    done.write_text(text)
+    with done.open("ab") as appending, pytest.raises(UsageError, match="line 2 is too long"):
+        load(str(done), ["q"], appending.fileno())
+    assert done.read_text() == text
+
+
 # -- end to end: a run killed midway, then resumed -----------------------------------------
 
 

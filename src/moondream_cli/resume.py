@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -50,7 +51,11 @@ def load(path: str, questions: Iterable[str], stdout: int | None = None) -> Resu
     resumed = Resumed(tuple(questions))
     appending = stdout is not None and _same_file(path, stdout)
     try:
-        with open(path, "rb") as f:
+        # Non-blocking: a FIFO at the name is refused, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError("--resume takes a file, an earlier run's output", path=path)
             if appending and stdout is not None:
                 _refuse_replacing(path, stdout)
             end = _read(path, f, resumed)
@@ -67,6 +72,8 @@ def _read(path: str, f: BinaryIO, resumed: Resumed) -> int | None:
     offset = 0
     for number, line in enumerate(_lines(f), start=1):
         if not line.endswith(b"\n"):
+            if f.read(1):  # not the end: a line longer than any record
+                raise UsageError(f"line {number} is too long for an mdream record", path=path)
             return offset  # a record cut short when the earlier run was killed
         offset += len(line)
         if not line.strip():
@@ -87,7 +94,7 @@ def _read(path: str, f: BinaryIO, resumed: Resumed) -> int | None:
 
 
 def _lines(f: BinaryIO) -> Iterator[bytes]:
-    """Lines with their ends; one longer than 16 MiB is not a record of ours."""
+    """Lines with their ends, at most 16 MiB each (a record of ours is far shorter)."""
     while line := f.readline(1 << 24):
         yield line
 
