@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,18 @@ from conftest import ROOT, draw_photo, run_mdream
 
 IMAGES = 6
 MANY = 120  # for the killed worker: enough that the kill lands with work still in flight
+
+
+API_RUN = """
+import dataclasses, json, sys
+from pathlib import Path
+from moondream_cli import ray
+from moondream_cli.settings import Settings
+
+settings = Settings(model_dir=Path(sys.argv[2]), threads=1, max_tokens=4)
+for record in ray.run("127.0.0.1:6380", [sys.argv[1]], settings=settings):
+    print(json.dumps(dataclasses.asdict(record)))
+"""
 
 
 def _local_path_imports_no_ray(tiny_model: Path, photo: Path) -> bool:
@@ -112,6 +125,8 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         f" --ray 127.0.0.1:6380 {common} --format jsonl --resume {work}/resumed.jsonl"
         f" >> {work}/resumed.jsonl",
         f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --workers 3",
+        # The Python API under --ray, records as JSON lines.
+        f"{sys.executable} -c {shlex.quote(API_RUN)} {album} {tiny_model}",
         # Last, as it breaks the cluster: the second node dies (its raylet and the processes
         # it started, the worker among them, SIGKILLed) once the first records are out.
         f"bash -c '{mdream} describe {many} --ray 127.0.0.1:6380 {common} --format jsonl"
@@ -141,7 +156,7 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     out["run5"]["out"] = (work / "killed.jsonl").read_bytes()
     out["run7"]["out"] = (work / "resumed.jsonl").read_bytes()
-    out["run9"]["out"] = (work / "died.jsonl").read_bytes()
+    out["run10"]["out"] = (work / "died.jsonl").read_bytes()
     return {"runs": out, "sidecars": sidecars, "album": album, "many": many}
 
 
@@ -246,12 +261,19 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused_not_a_hang(
 
 
 @pytest.mark.slow
+def test_the_python_api_gives_the_clis_records(cluster_runs: dict[str, object]) -> None:
+    api, cli = _run(cluster_runs, 9), _run(cluster_runs, 0)
+    assert api["rc"] == 0, api["err"]
+    assert _records(api["out"]) == _records(cli["out"])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
 def test_a_node_that_dies_with_no_cpu_to_spare_ends_the_run_with_its_records_whole(
     cluster_runs: dict[str, object],
 ) -> None:
     # Its worker cannot start again (the head's one CPU is taken): once Ray's retries run out
     # the run stops with one line and exit 3, every record before it whole and in order.
-    died, local = _run(cluster_runs, 9), _run(cluster_runs, 6)
+    died, local = _run(cluster_runs, 10), _run(cluster_runs, 6)
     lines = str(died["err"]).splitlines()
     assert "node killed" in lines
     assert died["rc"] == 3, lines
