@@ -49,18 +49,19 @@ def load(path: str, questions: Iterable[str], stdout: int | None = None) -> Resu
     """Read FILE, an earlier run's JSONL output. ``stdout``, the file descriptor the new
     records go to: when it appends to FILE, a partial last line is cut off first."""
     resumed = Resumed(tuple(questions))
-    appending = stdout is not None and _same_file(path, stdout)
+    appending = stdout if stdout is not None and _same_file(path, stdout) else None
     try:
         # Non-blocking: a FIFO at the name is refused, not waited on.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise UsageError("--resume takes a file, an earlier run's output", path=path)
-            if appending and stdout is not None:
-                _refuse_replacing(path, stdout)
+            if appending is not None:
+                _refuse_replacing(path, appending)
             end = _read(path, f, resumed)
-            if appending and end is not None:
-                resumed.cut = os.fstat(f.fileno()).st_size - end
+            if appending is not None and end is not None:
+                resumed.cut = st.st_size - end
                 os.truncate(path, end)
     except OSError as exc:
         raise UsageError(f"cannot read --resume: {exc.strerror or exc}", path=path) from exc

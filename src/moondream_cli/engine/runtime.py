@@ -100,13 +100,14 @@ class Runtime:
         self.model = self._own(model)
         lap("text model")
         auto_gpu = self.on_gpu and not options.batch
+        positions = image_positions(self.files.mmproj)
         self.plan: Plan = plan(
             options,
             on_gpu=self.on_gpu,
-            image_positions=None if self.on_gpu else image_positions(self.files.mmproj),
+            image_positions=None if self.on_gpu else positions,
             kv_bytes_per_position=kv_bytes_per_position(self.model.n_layer, self.model.n_embd),
             gpu_free_bytes=native.gpu_free_bytes() if auto_gpu else None,
-            prefill_positions=image_positions(self.files.mmproj),
+            prefill_positions=positions,
         )
         params = native.ContextParams(
             n_ctx=self.plan.n_ctx,

@@ -144,7 +144,7 @@ class Notices(io.TextIOBase):
         for line in done:
             line = _COLOUR.sub("", line).removeprefix("(raylet) ").strip()
             if line and not _LOG_LINE.match(line):  # a dead raylet's log tail: noise here
-                self.lines.append(escape_line(". ".join(line.split(". ")[:2]).rstrip(".") + "."))
+                self.lines.append(_sentences(line, 2) + ".")
         return len(text)
 
     def pass_on(self, note: Callable[[str], None]) -> None:
@@ -307,9 +307,10 @@ def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
     try:
         answered = pool.get_next_unordered()
     except Exception as exc:  # a worker that died past its restarts, a node that died
+        why = _sentences(str(exc), 1)[:300]
         raise ModelError(
-            f"a Ray worker failed and Ray's retries ran out ({_first_sentence(exc)}); the "
-            "records written so far are whole: --resume or --sidecar continues the run"
+            f"a Ray worker failed and Ray's retries ran out ({why}); the records written so "
+            "far are whole: --resume or --sidecar continues the run"
         ) from exc
     link.received += len(pickle.dumps(answered))
     for entry in answered:
@@ -324,9 +325,11 @@ def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
         done.setdefault(index, ImageResult(source, [Record(**r) for r in records]))
 
 
-def _first_sentence(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return escape_line(text.split(". ")[0].rstrip(".")[:300])
+def _sentences(text: str, n: int) -> str:
+    """The first ``n`` sentences of what Ray said, on one line and escaped, without the
+    final full stop."""
+    one_line = " ".join(text.split())
+    return escape_line(". ".join(one_line.split(". ")[:n]).rstrip("."))
 
 
 def _release(order: deque[int], done: dict[int, ImageResult], unordered: bool) -> Results:
