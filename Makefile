@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)
 # CUDA 13 dropped GPUs older than Turing (sm_75), and ggml's default, "native", needs a GPU in
 # the build machine: build for Turing to Blackwell instead; CUDA_ARCHS=90 builds for an H100 or
-# H200 only (README, "GPU").
+# H200 only (docs/gpu.md).
 CUDA_ARCHS ?= 75;80;86;89;90;100;120
 CMAKE_ARGS_CUDA := -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)
 LLAMA_SPEC := >=0.3.36,<0.4

@@ -24,8 +24,8 @@ SIDE = 378  # Moondream2's projector input
 
 def decode_rate(paths: list[Path], workers: int, rounds: int = 3) -> float:
     """Images per second through mdream's decoder (decode, orient, strip, stretch), in order."""
-    from moondream_cli.decoding import Decoder
     from moondream_cli.images import load_image
+    from moondream_cli.prefetch import Decoder
 
     def decode(index: int, path: Path) -> int:
         return len(load_image(path, size=SIDE).data)

@@ -2,7 +2,7 @@
 """`make privacy-check`: prove, on this machine and with your installed model, that mdream
 opens no socket, writes no file and prints the same thing with no network at all.
 
-Each command in ``moondream_cli.privacy.CHECKS`` runs twice on copies of a sample image:
+Each command in ``moondream_cli.syscall_audit.CHECKS`` runs twice on copies of a sample image:
 under ``strace -f`` (every socket syscall, every file opened for writing and every program
 started is a finding) and under ``unshare -n`` (a network namespace with no interfaces),
 where stdout and the files left behind must be identical. The package is byte-compiled
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import moondream_cli  # noqa: E402
-from moondream_cli import locate, privacy  # noqa: E402
+from moondream_cli import locate, syscall_audit  # noqa: E402
 from moondream_cli.errors import ModelError  # noqa: E402
 from moondream_cli.syscheck import summary  # noqa: E402
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--image", type=Path, help=f"Image to use. Default: {SAMPLE.name}.")
     parser.add_argument("--max-tokens", type=int, default=16, help="Answer length (default 16).")
-    names = [c.name for c in privacy.CHECKS]
+    names = [c.name for c in syscall_audit.CHECKS]
     parser.add_argument("--only", action="append", choices=names, help="Run only this check.")
     args = parser.parse_args(argv)
 
@@ -68,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as exc:
         _say(f"privacy-check: {exc}")
         return 3
-    missing = privacy.missing_tools()
+    missing = syscall_audit.missing_tools()
     if missing:
         _say(
             f"privacy-check: FAIL: missing {', '.join(missing)} — e.g. "
             "`sudo apt-get install strace util-linux`"
         )
         return 2
-    why = privacy.offline_works()
+    why = syscall_audit.offline_works()
     if why:
         _say(f"privacy-check: FAIL: cannot make a network namespace (`unshare -n`): {why}")
         return 2
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     package = Path(moondream_cli.__file__).parent
     _say(f"model: {files.name} ({model})")
     _say(f"byte-compiling {package} first, as installing a package does")
-    privacy.precompile(package)
+    syscall_audit.precompile(package)
 
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a bytecode write must show up, not be hidden
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     failed = unrunnable = False
     with tempfile.TemporaryDirectory(prefix="mdream-privacy-check-") as tmp:
-        for check in privacy.CHECKS:
+        for check in syscall_audit.CHECKS:
             if args.only and check.name not in args.only:
                 continue
-            traced_dir = privacy.write_inputs(Path(tmp) / check.name / "traced", pictures)  # type: ignore[arg-type]
-            offline_dir = privacy.write_inputs(Path(tmp) / check.name / "offline", pictures)  # type: ignore[arg-type]
+            traced_dir = syscall_audit.write_inputs(Path(tmp) / check.name / "traced", pictures)  # type: ignore[arg-type]
+            offline_dir = syscall_audit.write_inputs(Path(tmp) / check.name / "offline", pictures)  # type: ignore[arg-type]
             command = [
                 sys.executable,
                 "-m",
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"$ mdream {shlex.join(check.args)}   (strace, then unshare -n)")
             start = time.perf_counter()
             allow = [str(traced_dir / p) for p in check.outputs]
-            traced = privacy.traced(command, env=env, cwd=traced_dir, allow=allow)
-            offline = privacy.offline(command, env=env, cwd=offline_dir)
+            traced = syscall_audit.traced(command, env=env, cwd=traced_dir, allow=allow)
+            offline = syscall_audit.offline(command, env=env, cwd=offline_dir)
             seconds = time.perf_counter() - start
             notes = []
             if traced.returncode != 0 or offline.returncode != 0:
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             if traced.findings:
                 failed = True
                 _say(summary(traced.findings))
-            same = privacy.stable_output(traced.stdout) == privacy.stable_output(
+            same = syscall_audit.stable_output(traced.stdout) == syscall_audit.stable_output(
                 offline.stdout
-            ) and privacy.tree(traced_dir) == privacy.tree(offline_dir)
+            ) and syscall_audit.tree(traced_dir) == syscall_audit.tree(offline_dir)
             failed |= not same
             notes.append(f"{seconds:.1f} s")
             rows.append(

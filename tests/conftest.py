@@ -53,9 +53,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def md(tiny_model: Path) -> Iterator[Moondream]:
     """One loaded Moondream on the tiny pair, shared by the API tests."""
     from moondream_cli import Moondream
-    from moondream_cli.settings import Settings
+    from moondream_cli.settings import ModelOptions, Settings
 
-    model = Moondream(tiny_model, settings=Settings(threads=2))
+    model = Moondream(tiny_model, settings=Settings(model=ModelOptions(threads=2)))
     yield model
     model.close()
 

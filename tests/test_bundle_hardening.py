@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, run_mdream
-from moondream_cli import doctor, paths
+from moondream_cli import doctor, paths, registry
 from moondream_cli import manifest as mf
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import installed as bundle
@@ -133,7 +133,7 @@ def test_a_deeply_nested_manifest_is_an_error_not_a_crash() -> None:
     with pytest.raises(ModelError, match="nested too deeply"):
         mf.parse_manifest(b"[" * (1 << 20), where="m.json")
     with pytest.raises(BundleError, match="nested too deeply"):
-        recipes.parse(b'{"format": 1, "files": ' + b"[" * (1 << 20), origin="r.json")
+        recipes.parse_recipe(b'{"format": 1, "files": ' + b"[" * (1 << 20), origin="r.json")
 
 
 @pytest.mark.parametrize(
@@ -530,7 +530,7 @@ def test_removing_the_default_says_which_bundle_is_the_default_next(
     bundle.choose_default("b-q4_k_m")
     one = bundle.remove("b-q4_k_m")
     assert (one.was_default, one.default, one.left) == (True, "c-q4_k_m", ["c-q4_k_m"])
-    assert bundle.default_name() == "c-q4_k_m"
+    assert registry.default_name() == "c-q4_k_m"
 
 
 @pytest.mark.slow

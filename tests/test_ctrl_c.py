@@ -36,7 +36,7 @@ class SignalOnWrite:
         pass
 
 if sys.argv[2] == "keep":
-    interrupt.install()
+    interrupt.install_handlers()
 native.route_logs_to_stderr(True)
 sys.stderr = SignalOnWrite()
 try:
@@ -87,7 +87,7 @@ import os, signal, sys, threading, time
 from moondream_cli import interrupt
 
 if sys.argv[1] == "install":
-    interrupt.install()
+    interrupt.install_handlers()
 seen = []
 try:
     with interrupt.shielded():
@@ -121,7 +121,7 @@ import gc, os, signal, sys, time
 from moondream_cli import interrupt
 
 if sys.argv[1] == "install":
-    interrupt.install()
+    interrupt.install_handlers()
 
 class Signals:
     def __del__(self):

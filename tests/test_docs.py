@@ -86,7 +86,11 @@ def test_no_merge_conflict_markers_in_tracked_files() -> None:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "bench/README.md")
+DOCS = (
+    "README.md",
+    "bench/README.md",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+)
 # `tests/test_x.py`, or `tests/test_x.py::test_name` (a class too: `::TestX::test_name`).
 CITATION = re.compile(r"\btests/(?:\w+/)*\w+\.py(?:::\w+)*")
 
@@ -143,3 +147,104 @@ def test_every_pointer_into_bench_readme_names_one_of_its_headings() -> None:
     assert len(pointers) >= 5, "no pointers found: has the pattern broken?"
     wrong = [p for p in pointers if p[1] not in headings]
     assert not wrong, f"pointers to headings bench/README.md does not have: {wrong}"
+
+
+def _all_docs() -> str:
+    return "\n".join((ROOT / doc).read_text() for doc in DOCS)
+
+
+def test_every_command_and_option_is_documented() -> None:
+    text = _all_docs()
+    missing = []
+    for name, cmd in _commands():
+        if name not in text:
+            missing.append(name)
+        for param in getattr(cmd, "params", []):
+            for opt in param.opts:
+                if opt.startswith("--") and opt not in text:
+                    missing.append(f"{name} {opt}")
+    assert missing == []
+
+
+def test_the_docs_link_only_to_files_that_exist() -> None:
+    broken = []
+    for doc in DOCS:
+        path = ROOT / doc
+        for target in re.findall(r"\]\(([^)#]+?)(?:#[^)]*)?\)", path.read_text()):
+            if "://" not in target and not (path.parent / target).exists():
+                broken.append(f"{doc}: {target}")
+    assert broken == []
+
+
+def _shell_examples() -> Iterator[tuple[str, list[str]]]:
+    """Each ```sh block of the docs, as its command lines (continuations joined, comments
+    dropped), with the document it is in."""
+    for doc in DOCS:
+        for block in re.findall(r"```sh\n(.*?)```", (ROOT / doc).read_text(), re.DOTALL):
+            lines = block.replace("\\\n", " ").splitlines()
+            commands = [re.sub(r"\s+#.*$", "", line).strip() for line in lines]
+            yield doc, [c for c in commands if c and not c.startswith("#")]
+
+
+# Commands an example may run on the tiny model here: inference on local files. Not the
+# network (fetch, --ray), not the machine's set-up (make, pip, ray, export), not a bundle
+# tarball that is not there.
+RUNNABLE = re.compile(r"(^|\|\s*)mdream (describe|ask)\b")
+NOT_HERE = re.compile(r"--ray|\bfetch\b|\bmake\b|\bpip\b|\bray start\b|^export ")
+
+
+def _runnable() -> list[tuple[str, list[str]]]:
+    found = []
+    for doc, commands in _shell_examples():
+        kept = [c for c in commands if RUNNABLE.search(c) and not NOT_HERE.search(c)]
+        if kept:
+            found.append((doc, kept))
+    return found
+
+
+def _lay_out(where: Path, commands: list[str]) -> None:
+    """The files and folders the commands name, made: an image for each image name, a folder
+    with two images for each name ending in a slash, a schema for a .schema.json."""
+    from PIL import Image
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (180, 40, 40)).save(path)
+
+    for command in commands:
+        for word in command.replace("'", " ").replace('"', " ").split():
+            word = word.replace("~", str(where))
+            target = where / word.lstrip("/")
+            if word.endswith("/") and not word.startswith(("-", "/dev")):
+                image(target / "a.jpg")
+                image(target / "b.png")
+            elif re.fullmatch(r"[\w./-]+\.(jpg|png|webp)", word) and not word.startswith("*"):
+                image(target)
+            elif word.endswith(".schema.json"):
+                target.write_text('{"type": "object", "properties": {"total": {"type": "string"}}}')
+    image(where / "Pictures" / "c.jpg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc", "commands"), _runnable(), ids=lambda v: str(v)[:40])
+def test_every_shell_example_that_runs_here_runs(
+    doc: str, commands: list[str], tiny_model: Path, tmp_path: Path
+) -> None:
+    """Each inference example, as written, on the tiny model (random weights: an answer that
+    does not fit a grammar in time is an input failure, exit 1; anything else is a bug)."""
+    import os
+
+    _lay_out(tmp_path, commands)
+    env = {**os.environ, "MDREAM_MODEL": str(tiny_model), "HOME": str(tmp_path)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for command in commands:
+        run = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode in (0, 1), f"{doc}: {command}\n{run.stderr}"
+        assert "Traceback" not in run.stderr and "Usage:" not in run.stderr, command

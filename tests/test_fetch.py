@@ -186,7 +186,7 @@ def test_from_dir_refuses_a_folder_without_a_pair(tmp_path: Path, isolated_home:
 
 def test_shipped_recipes_are_valid_data() -> None:
     assert recipes.shipped() == ["moondream2-2024", "moondream2-20250414"]
-    default = recipes.load()
+    default = recipes.load_recipe()
     assert default.repo == "ggml-org/moondream2-20250414-GGUF"
     assert default.bundle_name == "moondream2-20250414-q4_k_m"
     text, mmproj = default.file("text"), default.file("mmproj")
@@ -199,7 +199,7 @@ def test_shipped_recipes_are_valid_data() -> None:
         909_777_984,
         "4cc1cb3660d87ff56432ebeb7884ad35d67c48c7b9f6b2856f305e39c38eed8f",
     )
-    old = recipes.load("moondream2-2024")
+    old = recipes.load_recipe("moondream2-2024")
     assert old.repo == "moondream/moondream2-gguf"
     assert old.file("text").name == "moondream2-text-model-f16.gguf"
 
@@ -220,7 +220,7 @@ def test_bad_recipes_are_refused(change: dict[str, object], message: str, tmp_pa
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(body))
     with pytest.raises(BundleError, match=message):
-        recipes.load(str(path))
+        recipes.load_recipe(str(path))
 
 
 @pytest.mark.slow

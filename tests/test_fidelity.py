@@ -19,8 +19,8 @@ from moondream_cli.images import Prepare, load_image
 from moondream_cli.inputs import expand
 from moondream_cli.locate import find_pair
 from moondream_cli.reference import Fit
-from moondream_cli.runner import run
-from moondream_cli.settings import Settings
+from moondream_cli.runner import answer_inputs
+from moondream_cli.settings import ModelOptions, Settings
 
 # Random weights leave the top two logits within 0.01 of each other at some steps (0.004 to
 # 0.009 at steps 1 and 11 of this answer), and the pip-built library and the CMake-built CLI
@@ -62,7 +62,7 @@ def _stretched(path: Path, size: int) -> bytes:
 def test_the_api_hands_libmtmd_the_bicubic_stretch(
     tiny_model: Path, wide: Path, handed: list[tuple[int, int, bytes]]
 ) -> None:
-    with Moondream(tiny_model, settings=Settings(threads=1, cpu=True)) as md:
+    with Moondream(tiny_model, settings=Settings(model=ModelOptions(threads=1, cpu=True))) as md:
         size = md.engine.image_size
         assert size == 56  # the tiny mmproj's clip.vision.image_size, read from its header
         md.ask(wide, QUESTION, sampling=Sampling(max_tokens=2))
@@ -78,7 +78,7 @@ def test_a_folder_run_hands_libmtmd_the_bicubic_stretch_unless_told_to_letterbox
         with Engine(find_pair(tiny_model), options) as engine:
             sources = expand([str(wide)])
             how = Prepare(56, engine.fit)
-            results = run(sources, [QUESTION], engine, sampling, preparation=how)
+            results = answer_inputs(sources, [QUESTION], engine, sampling, preparation=how)
             assert all(r.records[0].ok for r in results)
     stretched, letterboxed = handed
     assert stretched == (56, 56, _stretched(wide, 56))

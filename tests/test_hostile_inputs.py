@@ -23,7 +23,7 @@ from moondream_cli.errors import InputError
 from moondream_cli.images import load_image, read_bounded
 from moondream_cli.inputs import Tally, expand
 from moondream_cli.locate import find_pair
-from moondream_cli.runner import run
+from moondream_cli.runner import answer_inputs
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
 
@@ -69,7 +69,9 @@ def test_a_malformed_exif_block_costs_only_its_own_record(engine: Engine, tmp_pa
     draw_photo(seed=1).save(folder / "a.jpg")
     (folder / "b.jpg").write_bytes((HOSTILE / "exif-type-error.jpg").read_bytes())
     draw_photo(seed=2).save(folder / "c.jpg")
-    results = list(run(expand([str(folder)]), ["What is it?"], engine, Sampling(max_tokens=2)))
+    results = list(
+        answer_inputs(expand([str(folder)]), ["What is it?"], engine, Sampling(max_tokens=2))
+    )
     assert [r.source.label.rsplit("/", 1)[1] for r in results] == ["a.jpg", "b.jpg", "c.jpg"]
     assert [r.records[0].ok for r in results] == [True, False, True]
     assert "TypeError" in str(results[1].records[0].error)

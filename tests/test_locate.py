@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from moondream_cli import locate, manifest, paths
+from moondream_cli import locate, manifest, paths, registry
+from moondream_cli.bundles import installed
 from moondream_cli.errors import ModelError
 from moondream_cli.gguf_meta import architecture, read_metadata
 
@@ -76,10 +77,20 @@ def test_sole_installed_bundle_is_the_default(tiny_model: Path) -> None:
 def test_named_default_wins_among_several(tiny_model: Path) -> None:
     _install_by_hand(tiny_model, "one")
     _install_by_hand(tiny_model, "two")
-    with pytest.raises(ModelError, match="several bundles"):
+    with pytest.raises(ModelError, match=r"no bundle is the default \(2 installed: one, two\)"):
         locate.resolve()
     paths.default_file().write_text("two\n")
     assert locate.resolve().name == "two"
+
+
+def test_inference_and_the_bundle_commands_agree_on_what_is_a_bundle(tiny_model: Path) -> None:
+    # A folder whose name is not a bundle name is not a bundle, for either of them: once this
+    # rule was written twice, and `bundle default` said "good" while inference refused.
+    _install_by_hand(tiny_model, "good")
+    _install_by_hand(tiny_model, "bad name")
+    assert registry.installed_names() == ["good"]
+    assert installed.current_default() == "good"
+    assert locate.resolve().name == "good"
 
 
 def test_MDREAM_MODEL_names_an_installed_bundle(

@@ -1,4 +1,4 @@
-"""runner.run in-process on the tiny model: order, failures, prefix reuse and grammars."""
+"""runner.answer_inputs in-process on the tiny model: order, failures, prefix reuse and grammars."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from moondream_cli import grammars, locate
 from moondream_cli.engine import Engine, EngineOptions, Sampling
 from moondream_cli.inputs import expand
-from moondream_cli.runner import run
+from moondream_cli.runner import answer_inputs
 from pipelines_helpers import CORRUPT, GOOD_TOP, SCHEMA, make_folder
 
 
@@ -36,7 +36,11 @@ def answers(results: Any) -> list[tuple[str, str, str | None, str | None]]:
 def test_records_come_in_input_order_whatever_the_lookahead(engine: Engine, album: Path) -> None:
     sampling = Sampling(max_tokens=6)
     runs = [
-        answers(run(expand([str(album)], recursive=True), ["What?"], engine, sampling, lookahead=n))
+        answers(
+            answer_inputs(
+                expand([str(album)], recursive=True), ["What?"], engine, sampling, lookahead=n
+            )
+        )
         for n in (1, 4)
     ]
     assert runs[0] == runs[1]
@@ -50,15 +54,17 @@ def test_several_questions_share_one_image_and_match_asking_alone(
     engine: Engine, album: Path
 ) -> None:
     sampling = Sampling(max_tokens=6)
-    both = answers(run(expand([str(album / "a.jpg")]), ["Who?", "Where?"], engine, sampling))
-    alone = answers(run(expand([str(album / "a.jpg")]), ["Where?"], engine, sampling))
+    both = answers(
+        answer_inputs(expand([str(album / "a.jpg")]), ["Who?", "Where?"], engine, sampling)
+    )
+    alone = answers(answer_inputs(expand([str(album / "a.jpg")]), ["Where?"], engine, sampling))
     assert [q for _, q, *_ in both] == ["Who?", "Where?"]
     assert both[1] == alone[0]
 
 
 def test_skipped_inputs_are_not_decoded_or_answered(engine: Engine, album: Path) -> None:
     results = list(
-        run(
+        answer_inputs(
             expand([str(album)]),
             ["What?"],
             engine,
@@ -74,12 +80,16 @@ def test_skipped_inputs_are_not_decoded_or_answered(engine: Engine, album: Path)
 def test_choices_constraint_keeps_every_answer_in_the_set(engine: Engine, album: Path) -> None:
     choices = ["yes", "no", "maybe"]
     inputs = [str(album / n) for n in GOOD_TOP] + [str(album / "sub" / "d.jpg")]
-    free = answers(run(iter(expand(inputs)), ["Price tag?"], engine, Sampling(max_tokens=6)))
+    free = answers(
+        answer_inputs(iter(expand(inputs)), ["Price tag?"], engine, Sampling(max_tokens=6))
+    )
     # Random weights: left alone, the model never says one of the choices...
     assert not any(a in choices for _, _, a, _ in free)
     constraint = grammars.choices_constraint(choices)
     rows = answers(
-        run(expand(inputs), ["Price tag?"], engine, Sampling(max_tokens=8), constraint=constraint)
+        answer_inputs(
+            expand(inputs), ["Price tag?"], engine, Sampling(max_tokens=8), constraint=constraint
+        )
     )
     # ...with the grammar it always does.
     assert len(rows) == 4 and all(a in choices and e is None for _, _, a, e in rows)
@@ -93,7 +103,9 @@ def test_json_schema_answers_validate_or_are_errors(
     constraint = grammars.schema_constraint(schema)
     inputs = [str(album / n) for n in GOOD_TOP] + [str(album / "sub" / "d.jpg")]
     rows = answers(
-        run(expand(inputs), ["What?"], engine, Sampling(max_tokens=64), constraint=constraint)
+        answer_inputs(
+            expand(inputs), ["What?"], engine, Sampling(max_tokens=64), constraint=constraint
+        )
     )
     assert len(rows) == 4
     for _, _, answer, error in rows:
@@ -112,7 +124,7 @@ def test_grammar_that_cannot_finish_in_max_tokens_is_an_error_record(
     )
     constraint = grammars.schema_constraint(schema)
     rows = answers(
-        run(
+        answer_inputs(
             expand([str(album / "a.jpg"), str(album / "b.png")]),
             ["Name?"],
             engine,
@@ -146,7 +158,7 @@ def test_each_image_is_set_once_per_run_under_a_key_no_other_run_uses(
     sampling = Sampling(max_tokens=2)
     for image in ("a.jpg", "b.png"):
         # Two one-image runs on one engine: same position, different images.
-        list(run(expand([str(album / image)]), ["Q1?", "Q2?"], log, sampling))
+        list(answer_inputs(expand([str(album / image)]), ["Q1?", "Q2?"], log, sampling))
     assert len(log.keys) == 2  # once per image, not once per question
     assert log.keys[0] != log.keys[1]
 
@@ -171,9 +183,11 @@ def test_batched_folder_run_gives_the_same_records_in_input_order(
     inputs = [str(album), str(more)]
     questions = ["What?", "Which colour?"]
     sampling = Sampling(max_tokens=8)
-    one = answers(run(expand(inputs, recursive=True), questions, engine, sampling))
+    one = answers(answer_inputs(expand(inputs, recursive=True), questions, engine, sampling))
     assert batched_engine.batch == 3
-    many = answers(run(expand(inputs, recursive=True), questions, batched_engine, sampling))
+    many = answers(
+        answer_inputs(expand(inputs, recursive=True), questions, batched_engine, sampling)
+    )
     assert batched_engine.peak_live == 3  # three images really were decoded together
     assert many == one
     assert [row[3] is not None for row in many].count(True) == 2  # the corrupt file, twice
@@ -183,7 +197,7 @@ def test_batched_run_keeps_grammar_constraints(batched_engine: Engine, album: Pa
     choices = ["yes", "no"]
     constraint = grammars.choices_constraint(choices)
     rows = answers(
-        run(
+        answer_inputs(
             expand([str(album)], recursive=True),
             ["Is it red?"],
             batched_engine,
@@ -220,7 +234,7 @@ def test_a_batched_run_answers_an_image_without_waiting_for_the_next_input(
         released.append(first_out.wait(timeout=15))  # False: nobody got the first record
         yield Source(str(tmp_path / "last.png"))
 
-    results = run(
+    results = answer_inputs(
         slow_pipe(),
         ["What?"],
         batched_engine,

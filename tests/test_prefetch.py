@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from moondream_cli.decoding import Decoder
+from moondream_cli.prefetch import Decoder
 
 
 def test_results_come_in_input_order_though_later_ones_finish_first() -> None:

@@ -6,7 +6,7 @@ the user asked for, no other program started), and under ``unshare -n`` (no netw
 all), where stdout and the files left behind must be identical. Then planted violations
 inside a real run prove the checker catches them.
 
-Bytecode: the checkout is compiled first (``privacy.precompile``, what ``pip install`` does
+Bytecode: the checkout is compiled first (``syscall_audit.precompile``, what ``pip install`` does
 for an installed package) and the traced child runs with bytecode writing ON. Setting
 PYTHONDONTWRITEBYTECODE=1 instead would hide any write Python makes at run time; this way a
 module compiled on the fly would be a finding.
@@ -29,30 +29,30 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, draw_photo
-from moondream_cli import privacy
+from moondream_cli import syscall_audit
 from moondream_cli.syscheck import summary
 
 pytestmark = pytest.mark.slow  # real runs under strace and unshare
 
-# The same command lines `make privacy-check` runs (privacy.CHECKS).
-COMMANDS = [pytest.param(check, id=check.name) for check in privacy.CHECKS]
+# The same command lines `make privacy-check` runs (syscall_audit.CHECKS).
+COMMANDS = [pytest.param(check, id=check.name) for check in syscall_audit.CHECKS]
 
 
 @pytest.fixture(scope="session")
 def syscall_tools() -> None:
     if os.environ.get("MDREAM_SKIP_SYSCALL_TESTS") == "1":
         pytest.skip("MDREAM_SKIP_SYSCALL_TESTS=1: syscall traces skipped on purpose")
-    missing = privacy.missing_tools()
+    missing = syscall_audit.missing_tools()
     if missing:
         pytest.fail(
             f"missing {', '.join(missing)}: apt-get install strace util-linux "
             "(or set MDREAM_SKIP_SYSCALL_TESTS=1 to skip these tests)",
             pytrace=False,
         )
-    why = privacy.offline_works()
+    why = syscall_audit.offline_works()
     if why:
         pytest.fail(f"`unshare -n true` fails here: {why}", pytrace=False)
-    assert privacy.precompile(ROOT / "src" / "moondream_cli")
+    assert syscall_audit.precompile(ROOT / "src" / "moondream_cli")
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def child_env(tiny_model: Path) -> dict[str, str]:
 
 def _inputs(where: Path) -> Path:
     pictures = [draw_photo(seed=1), draw_photo((64, 80), seed=2), draw_photo((50, 50), seed=3)]
-    return privacy.write_inputs(where, pictures)
+    return syscall_audit.write_inputs(where, pictures)
 
 
 def _mdream(*args: str) -> list[str]:
@@ -76,30 +76,30 @@ def _mdream(*args: str) -> list[str]:
 @pytest.mark.usefixtures("syscall_tools")
 @pytest.mark.parametrize("check", COMMANDS)
 def test_no_socket_no_write_and_same_output_without_network(
-    check: privacy.Check, tmp_path: Path, child_env: dict[str, str]
+    check: syscall_audit.Check, tmp_path: Path, child_env: dict[str, str]
 ) -> None:
     traced_dir, offline_dir = _inputs(tmp_path / "traced"), _inputs(tmp_path / "offline")
-    before = privacy.tree(traced_dir)
+    before = syscall_audit.tree(traced_dir)
     allow = [str(traced_dir / pattern) for pattern in check.outputs]
 
-    run = privacy.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
+    run = syscall_audit.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
     assert run.returncode == 0, run.stderr.decode()
     assert not run.findings, summary(run.findings)
     if check.outputs:  # the answers went to the sidecars the user asked for, and only there
-        created = set(privacy.tree(traced_dir)) - set(before)
+        created = set(syscall_audit.tree(traced_dir)) - set(before)
         assert created and all(
             any(fnmatch.fnmatch(str(traced_dir / name), pattern) for pattern in allow)
             for name in created
         ), created
-        assert all(privacy.tree(traced_dir)[name].strip() for name in created)
+        assert all(syscall_audit.tree(traced_dir)[name].strip() for name in created)
     else:
         assert run.stdout.strip(), "the traced run printed no answer"
-        assert privacy.tree(traced_dir) == before  # nothing created, changed or removed
+        assert syscall_audit.tree(traced_dir) == before  # nothing created, changed or removed
 
-    cut_off = privacy.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)
+    cut_off = syscall_audit.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)
     assert cut_off.returncode == 0, cut_off.stderr.decode()
-    assert privacy.stable_output(cut_off.stdout) == privacy.stable_output(run.stdout)
-    assert privacy.tree(offline_dir) == privacy.tree(traced_dir)
+    assert syscall_audit.stable_output(cut_off.stdout) == syscall_audit.stable_output(run.stdout)
+    assert syscall_audit.tree(offline_dir) == syscall_audit.tree(traced_dir)
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_checker_catches_a_file_written_inside_a_real_run(
         os.write(fd, b"pixels")
         os.close(fd)
     """
-    run = privacy.traced(_planted(code, image), env=child_env, cwd=tmp_path)
+    run = syscall_audit.traced(_planted(code, image), env=child_env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr.decode()
     assert leak.read_bytes() == b"pixels"
     assert [(f.kind, f.syscall, f.target) for f in run.findings] == [("write", "openat", str(leak))]
@@ -165,7 +165,7 @@ def test_checker_catches_a_socket_opened_from_c_inside_a_real_run(
         libc.connect(fd, ctypes.c_char_p(addr), len(addr))
         libc.close(fd)
     """
-    run = privacy.traced(_planted(code, image), env=child_env, cwd=tmp_path)
+    run = syscall_audit.traced(_planted(code, image), env=child_env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr.decode()
     conn, _ = listener.accept()  # the planted connection really happened
     conn.close()
@@ -188,7 +188,7 @@ def test_a_module_compiled_at_run_time_would_be_caught(
     )
     image = _inputs(tmp_path / "in") / "a.jpg"
     env = dict(child_env, PYTHONPATH=str(pkg))
-    run = privacy.traced(_mdream("describe", str(image)), env=env, cwd=tmp_path)
+    run = syscall_audit.traced(_mdream("describe", str(image)), env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr.decode()
     written = {f.target for f in run.findings if f.kind == "write"}
     assert any(t.endswith(".pyc") or ".pyc." in t for t in written), summary(run.findings)

@@ -27,11 +27,15 @@ MANY = 120  # for the killed worker: enough that the kill lands with work still 
 API_RUN = """
 import dataclasses, json, sys
 from pathlib import Path
-from moondream_cli import ray
-from moondream_cli.settings import Settings
+from moondream_cli import answer_paths
+from moondream_cli.settings import ClusterOptions, ModelOptions, SamplingOptions, Settings
 
-settings = Settings(model_dir=Path(sys.argv[2]), threads=1, max_tokens=4)
-for record in ray.run("127.0.0.1:6380", [sys.argv[1]], settings=settings):
+settings = Settings(
+    model=ModelOptions(model_dir=Path(sys.argv[2]), threads=1),
+    sampling=SamplingOptions(max_tokens=4),
+    cluster=ClusterOptions(ray="127.0.0.1:6380"),
+)
+for record in answer_paths([sys.argv[1]], settings=settings):
     print(json.dumps(dataclasses.asdict(record)))
 """
 

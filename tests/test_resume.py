@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from moondream_cli.errors import UsageError
 from moondream_cli.inputs import Source
-from moondream_cli.resume import load
+from moondream_cli.resume import read_resumed
 from pipelines_helpers import CORRUPT, make_folder
 
 
@@ -34,7 +34,7 @@ def test_an_image_is_skipped_only_when_every_question_was_answered(tmp_path: Pat
         + _record("c.jpg", "q1", None)
         + _record("c.jpg", "q2")
     )
-    resumed = load(str(done), ["q1", "q2"])
+    resumed = read_resumed(str(done), ["q1", "q2"])
     skipped = [p for p in ("a.jpg", "b.jpg", "c.jpg", "d.jpg") if resumed.skip(Source(p))]
     assert skipped == ["a.jpg"]
     assert resumed.skipped == 1
@@ -45,7 +45,7 @@ def test_read_on_its_own_the_file_is_never_changed(tmp_path: Path) -> None:
     done = tmp_path / "out.jsonl"
     text = _record("a.jpg") + _record("b.jpg")[:20]  # a killed run's partial last line
     done.write_text(text)
-    resumed = load(str(done), ["q"])
+    resumed = read_resumed(str(done), ["q"])
     assert resumed.skip(Source("a.jpg")) and not resumed.skip(Source("b.jpg"))
     assert (done.read_text(), resumed.cut) == (text, 0)
 
@@ -54,7 +54,7 @@ def test_a_file_that_is_not_an_earlier_output_is_refused_naming_the_line(tmp_pat
     other = tmp_path / "captions.txt"
     other.write_text(_record("a.jpg") + "a.jpg\ta cat\n")
     with pytest.raises(UsageError, match="line 2 is not an mdream JSONL record") as err:
-        load(str(other), ["q"])
+        read_resumed(str(other), ["q"])
     assert err.value.path == str(other)
 
 
@@ -62,7 +62,7 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
     fifo = tmp_path / "out.jsonl"
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="takes a file"):
-        load(str(fifo), ["q"])
+        read_resumed(str(fifo), ["q"])
 
 
 def test_a_line_too_long_for_a_record_is_refused_and_nothing_is_cut(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_a_line_too_long_for_a_record_is_refused_and_nothing_is_cut(tmp_path: Pa
     text = _record("a.jpg") + "x" * (1 << 24) + "\n" + _record("b.jpg")
     done.write_text(text)
     with done.open("ab") as appending, pytest.raises(UsageError, match="line 2 is too long"):
-        load(str(done), ["q"], appending.fileno())
+        read_resumed(str(done), ["q"], appending.fileno())
     assert done.read_text() == text
 
 

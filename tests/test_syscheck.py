@@ -19,13 +19,13 @@ CLEAN = """\
 
 
 def test_a_clean_log_has_no_findings() -> None:
-    calls = syscheck.parse(CLEAN)
+    calls = syscheck.parse_strace(CLEAN)
     assert [c.name for c in calls] == ["execve"] + ["openat"] * 5
     assert syscheck.check(CLEAN, cwd="/work") == []
 
 
 def test_resumed_call_is_joined_with_its_start() -> None:
-    calls = syscheck.parse(CLEAN)
+    calls = syscheck.parse_strace(CLEAN)
     joined = [c for c in calls if c.pid == 101 and "model.gguf" in c.args[1]]
     assert joined[0].args[2] == "O_RDONLY"
     assert joined[0].result == "7</work/model.gguf>"

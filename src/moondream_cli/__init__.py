@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Any
 from .errors import MdreamError
 
 __version__ = "0.1.0"
-__all__ = ["MdreamError", "Moondream", "__version__"]
+__all__ = ["MdreamError", "Moondream", "__version__", "answer_paths"]
 
 if TYPE_CHECKING:
-    from .api import Moondream
+    from .api import Moondream, answer_paths
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing the package (e.g. for `mdream --help`) must not import llama_cpp.
-    if name == "Moondream":
-        from .api import Moondream
+    if name in ("Moondream", "answer_paths"):
+        from . import api
 
-        return Moondream
+        return getattr(api, name)
     raise AttributeError(name)

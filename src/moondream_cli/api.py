@@ -1,24 +1,29 @@
-"""The Python API: ``Moondream(model_dir=None).describe(image)`` / ``.ask(image, question)``.
+"""The Python API: ``Moondream(model_dir=None).describe(image)`` / ``.ask(image, question)``
+for images one at a time, and :func:`answer_paths` for files, folders and lists, as
+``mdream describe`` and ``mdream ask`` answer them (here, or on a Ray cluster).
 
-Loads the model once and is reusable. Images are paths, encoded bytes or PIL images; they
-are decoded and stripped in memory by :mod:`moondream_cli.images`. Configured with the same
-:class:`~moondream_cli.settings.Settings` as the command line (model, device, threads,
-sampling); the engine's own tuning knobs (:class:`~moondream_cli.engine.EngineOptions`) are
-for benchmarks and tests, which use :class:`~moondream_cli.engine.Engine` directly.
+``Moondream`` loads the model once and is reusable. Images are paths, encoded bytes or PIL
+images; they are decoded and stripped in memory by :mod:`moondream_cli.images`. Both are
+configured with the same :class:`~moondream_cli.settings.Settings` as the command line
+(model, device, threads, sampling); the engine's own tuning knobs
+(:class:`~moondream_cli.engine.EngineOptions`) are for benchmarks and tests, which use
+:class:`~moondream_cli.engine.Engine` directly.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from . import locate
-from .engine import Engine, Sampling
+from .engine import Sampling
 from .errors import UsageError
-from .images import ImageSource, Pixels, Prepare, own_the_size_check, prepare
+from .images import ImageSource, Pixels, prepare
+from .loader import open_model
 from .prompts import ASK_MAX_TOKENS, Length, Style, describe_task
+from .records import Record
 from .settings import Settings
 
 
@@ -27,7 +32,7 @@ class Moondream:
 
     >>> md = Moondream()                                  # doctest: +SKIP
     >>> md.describe("photo.jpg", length="short")          # doctest: +SKIP
-    >>> Moondream(settings=Settings(cpu=True, threads=4))  # doctest: +SKIP
+    >>> Moondream(settings=Settings(model=ModelOptions(cpu=True, threads=4)))  # doctest: +SKIP
     """
 
     def __init__(
@@ -38,11 +43,11 @@ class Moondream:
     ) -> None:
         settings = settings or Settings()
         if model_dir is not None:
-            settings = replace(settings, model_dir=Path(model_dir))
+            settings = replace(settings, model=replace(settings.model, model_dir=Path(model_dir)))
         self.settings = settings
-        self.files = locate.resolve(settings.model_dir)
-        own_the_size_check()
-        self.engine = Engine(self.files, settings.engine_options())
+        self.model = open_model(settings, max_tokens=ASK_MAX_TOKENS)
+        self.files = self.model.files
+        self.engine = self.model.engine
 
     def describe(
         self,
@@ -56,7 +61,7 @@ class Moondream:
         """A caption of ``image`` (``length``: short, normal, long) or, with ``style="tags"``,
         comma-separated tags; ``on_text`` receives the text as it is generated."""
         task = describe_task(style, length)
-        sampling = sampling or self.settings.sampling(task.max_tokens)
+        sampling = sampling or self.settings.sampler(task.max_tokens)
         return self.ask(image, task.question, sampling=sampling, on_text=on_text)
 
     def ask(
@@ -76,14 +81,11 @@ class Moondream:
         pixels = image if isinstance(image, Pixels) else self.load(image)
         # Same pixels as last time: the encoded image prefix is reused.
         self.engine.set_image(pixels, key=pixels)
-        return self.engine.ask(
-            question, sampling or self.settings.sampling(ASK_MAX_TOKENS), on_text
-        )
+        return self.engine.ask(question, sampling or self.settings.sampler(ASK_MAX_TOKENS), on_text)
 
     def load(self, image: ImageSource) -> Pixels:
         """``image`` decoded, stripped and fitted to the projector as the engine will use it."""
-        how = Prepare(self.engine.image_size, self.engine.fit, self.settings.max_megapixels)
-        return prepare(image, how)
+        return prepare(image, self.model.preparation)
 
     def close(self) -> None:
         self.engine.close()
@@ -93,3 +95,55 @@ class Moondream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def answer_paths(
+    inputs: Iterable[str],
+    questions: Iterable[str] | None = None,
+    *,
+    settings: Settings | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Iterator[Record]:
+    """Every record for ``inputs`` (files, folders and ``-``, as on the command line; with
+    ``settings.inputs.files_from`` a list of paths too), in input order: captions, or with
+    ``questions`` one record per image and question. Failed images are records with
+    ``error`` set. ``settings.cluster.ray`` answers them on that Ray cluster instead of in
+    this process; ``note`` receives what the CLI would say on stderr (default: stderr).
+
+    >>> for record in answer_paths(["photos/"], settings=Settings()):  # doctest: +SKIP
+    ...     print(record.path, record.answer or record.error)
+    """
+    from .backends import Hooks, backend_for
+    from .inputs import expand
+    from .job import Job
+
+    settings = settings or Settings()
+    asked = tuple(questions or ())
+    if asked:
+        job = Job(tuple(inputs), asked, settings, ASK_MAX_TOKENS)
+    else:
+        task = describe_task()
+        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+    listing = job.open_list()
+    try:
+        sources = expand(
+            job.inputs,
+            recursive=settings.inputs.recursive,
+            files_from=listing,
+            null=settings.inputs.null,
+        )
+        # The caller's own prints on stdout must not be taken for a backend's notices.
+        hooks = Hooks(note=note or _to_stderr, notices=False)
+        results = backend_for(settings).results(job, sources, hooks)
+        try:
+            for result in results:
+                yield from result.records
+        finally:
+            results.close()
+    finally:
+        if listing is not None and listing is not sys.stdin.buffer:
+            listing.close()
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(f"mdream: {text}\n")

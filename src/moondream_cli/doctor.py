@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import __version__, locate, paths
+from . import __version__, locate, paths, registry
 from . import manifest as mf
 from .engine.native import Device, gpu_devices
 from .errors import EXIT_MODEL, EXIT_OK, MdreamError, ModelError, NetworkAttempted
+from .settings import Settings
 
 # Modules whose presence after an inference means download code or an HTTP stack ran.
 NETWORK_MODULES = (
@@ -91,15 +92,13 @@ class Report:
         return data
 
 
-def gather(
-    *, model_dir: str | os.PathLike[str] | None = None, self_check: bool = True, gpu: bool = True
-) -> Report:
+def gather(settings: Settings | None = None, *, self_check: bool = True) -> Report:
     """Look at this installation. With ``self_check``, run the privacy self-check too."""
     problems: list[str] = []
     llama_version, backend, offload, devices = _backend(problems)
     bundles = tuple(_bundle_states(problems))
     try:
-        default = locate.default_bundle_name()
+        default = registry.require_default() if registry.installed_names() else None
     except ModelError as exc:
         default = None
         problems.append(str(exc))
@@ -107,7 +106,7 @@ def gather(
         BundleState(b.name, b.path, b.state, b.detail, default=b.name == default) for b in bundles
     )
     if self_check:
-        check = run_self_check(model_dir, gpu=gpu)
+        check = run_self_check(settings or Settings())
     else:
         check = SelfCheck("skipped", "not requested (--no-self-check)")
     return Report(
@@ -159,7 +158,7 @@ def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, 
 
 def _bundle_states(problems: list[str]) -> list[BundleState]:
     states = []
-    for name in locate.installed_bundles():
+    for name in registry.installed_names():
         directory = paths.models_dir() / name
         try:
             manifest = mf.read_manifest(directory)
@@ -175,14 +174,13 @@ def _bundle_states(problems: list[str]) -> list[BundleState]:
     return states
 
 
-def run_self_check(
-    model_dir: str | os.PathLike[str] | None = None, *, gpu: bool = True
-) -> SelfCheck:
-    """A tiny inference with the network guard on; skipped when no model is installed."""
+def run_self_check(settings: Settings) -> SelfCheck:
+    """A tiny inference with the model ``settings`` name and the network guard on; skipped
+    when no model is installed."""
     try:
-        files = locate.resolve(model_dir)
+        files = locate.resolve(settings.model.model_dir)
     except ModelError as exc:
-        if str(exc) == locate.NO_MODEL_HINT:
+        if str(exc) == registry.NO_MODEL_HINT:
             return SelfCheck("skipped", f"no model to run: {exc}", exit_code=exc.exit_code)
         return SelfCheck("fail", str(exc), exit_code=exc.exit_code)
     failed = _turn_the_guard_on(_label(files))
@@ -191,14 +189,14 @@ def run_self_check(
     before = set(sys.modules)
     start = time.perf_counter()
     try:
-        from .engine import Engine, EngineOptions, Sampling
-        from .images import load_image
+        from .images import prepare
+        from .loader import open_model
 
-        pixels = load_image(_synthetic_image())  # made in memory, never on disk
-        with Engine(files, EngineOptions(gpu=gpu)) as engine:
-            engine.set_image(pixels)
-            answer = engine.ask(SELF_CHECK_QUESTION, Sampling(max_tokens=SELF_CHECK_TOKENS))
-            tokens = f"pre-tokenizer {engine.pre_tokenizer}"
+        with open_model(settings, max_tokens=SELF_CHECK_TOKENS, files=files) as model:
+            # Made in memory, never on disk, and fed as every image is.
+            model.engine.set_image(prepare(_synthetic_image(), model.preparation))
+            answer = model.engine.ask(SELF_CHECK_QUESTION, model.sampling)
+            tokens = f"pre-tokenizer {model.engine.pre_tokenizer}"
     except MdreamError as exc:
         return SelfCheck(
             "fail", str(exc), _label(files), time.perf_counter() - start, exit_code=exc.exit_code

@@ -47,7 +47,7 @@ HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"
 DRAFT_FACTOR = 2
 DEFAULT_DRAFT_SIDE = 378
 
-# One documented limit on what an image may be (README, "Images"): phone photos of 200 MP
+# One documented limit on what an image may be (README, "Usage"): phone photos of 200 MP
 # decode (JPEGs at a reduced scale); `--max-megapixels` raises or lowers it.
 MAX_MEGAPIXELS = 250
 # Larger files are refused before a byte is read: an uncompressed 250 MP TIFF is 750 MB.

@@ -27,7 +27,7 @@ The rules for code you add:
   must land whole (a record, a sidecar) only inside ``with shielded():``.
 - Mark every Python function that C calls back with ``@callback``.
 - Background threads never see KeyboardInterrupt: they stop when the main thread tells them
-  (an Event), in a ``finally`` that runs shielded (``runner.run``).
+  (an Event), in a ``finally`` that runs shielded (``runner.answer_inputs``).
 - At a command's edge the KeyboardInterrupt becomes :func:`stopped`'s ``Interrupted`` error
   (``cli/app.py``), which ``main`` maps to exit 130 or 143 like every other error.
 """
@@ -58,7 +58,7 @@ def callback(func: F) -> F:
     return func
 
 
-def install() -> None:
+def install_handlers() -> None:
     """Take over SIGINT and SIGTERM, unless something already ignores them or handles them
     its own way."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -143,4 +143,4 @@ def _deliver_later(signum: int) -> None:
     timer.start()
 
 
-__all__ = ["callback", "exit_code", "install", "reason", "shielded", "stopped"]
+__all__ = ["callback", "exit_code", "install_handlers", "reason", "shielded", "stopped"]

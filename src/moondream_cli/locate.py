@@ -1,7 +1,8 @@
 """Find the model to use: ``--model-dir``, else ``MDREAM_MODEL``, else the default bundle.
 
 A model folder is either an installed bundle (it holds ``manifest.json``) or any folder
-holding one text GGUF and one mmproj GGUF, told apart by their GGUF metadata.
+holding one text GGUF and one mmproj GGUF, told apart by their GGUF metadata. Which
+installed bundle is the default is :mod:`.registry`'s rule, shared with the bundle commands.
 """
 
 from __future__ import annotations
@@ -11,15 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest as mf
-from . import paths
+from . import paths, registry
 from .errors import ModelError
 from .gguf_meta import architecture
 from .pairing import check_pair
-
-NO_MODEL_HINT = (
-    "no model installed — run `mdream fetch` (online), or `mdream bundle install FILE.tar` "
-    "(offline), or pass --model-dir DIR"
-)
 
 
 @dataclass(frozen=True)
@@ -47,41 +43,12 @@ def resolve(model_dir: str | os.PathLike[str] | None = None) -> ModelFiles:
         if mf.valid_name(env) and installed.is_dir():
             return from_dir(installed)
         raise ModelError(f"MDREAM_MODEL={env!r} is neither a folder nor an installed bundle")
-    name = default_bundle_name()
-    if name is None:
-        raise ModelError(NO_MODEL_HINT)
-    return from_dir(paths.models_dir() / name)
-
-
-def installed_bundles() -> list[str]:
-    root = paths.models_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / mf.MANIFEST).is_file())
-
-
-def default_bundle_name() -> str | None:
-    """The bundle named in ``MDREAM_HOME/default``, else the only installed one."""
-    installed = installed_bundles()
-    try:
-        named = paths.default_file().read_text(encoding="utf-8").strip()
-    except OSError:
-        named = ""
-    if named and named in installed:
-        return named
-    if len(installed) == 1:
-        return installed[0]
-    if installed:
-        raise ModelError(
-            f"several bundles are installed ({', '.join(installed)}) and none is the default — "
-            "pass --model-dir or set MDREAM_MODEL=NAME"
-        )
-    return None
+    return from_dir(registry.bundle_dir(registry.require_default()))
 
 
 def from_dir(directory: Path) -> ModelFiles:
     if not directory.is_dir():
-        names = ", ".join(installed_bundles()) or "none"
+        names = ", ".join(registry.installed_names()) or "none"
         raise ModelError(
             f"no such model folder or installed bundle (installed: {names}) — "
             "run `mdream bundle list`, `mdream fetch`, or `mdream bundle install FILE.tar`",

@@ -1,5 +1,5 @@
 """Where mdream feeds Moondream2 what its reference implementation fed it, not what
-llama.cpp would feed it by default (README, "Fidelity").
+llama.cpp would feed it by default (docs/fidelity.md).
 
 Every public Moondream2 GGUF holds the April 2024 release (one vision projector, sha256
 ``4cc1cb36…``). That release's reference (vikhyat/moondream, ``vision_encoder.py`` and

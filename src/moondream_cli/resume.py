@@ -45,7 +45,7 @@ class Resumed:
         return True
 
 
-def load(path: str, questions: Iterable[str], stdout: int | None = None) -> Resumed:
+def read_resumed(path: str, questions: Iterable[str], stdout: int | None = None) -> Resumed:
     """Read FILE, an earlier run's JSONL output. ``stdout``, the file descriptor the new
     records go to: when it appends to FILE, a partial last line is cut off first."""
     resumed = Resumed(tuple(questions))
@@ -119,4 +119,4 @@ def _refuse_replacing(path: str, fd: int) -> None:
         )
 
 
-__all__ = ["Resumed", "load"]
+__all__ = ["Resumed", "read_resumed"]

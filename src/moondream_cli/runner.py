@@ -1,6 +1,6 @@
 """The batch loop: inputs → decoded pixels (a small thread pool) → model → records, in order.
 
-A few threads decode the next images (:mod:`.decoding`: bounded, in input order) while the
+A few threads decode the next images (:mod:`.prefetch`: bounded, in input order) while the
 model works on the current one, so results come out in input order. Each image is encoded
 and prefilled once, then every question is asked against that cached prefix. A bad input
 becomes error records and the batch goes on; anything else (a broken model, Ctrl-C) stops it.
@@ -13,19 +13,19 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .decoding import Decoder
 from .engine import Answer, Request, Sampling
 from .errors import InputError
 from .grammars import Constraint
 from .images import Pixels, Prepare, prepare
 from .inputs import Source
+from .prefetch import Decoder
 from .records import Record
 
 AS_DECODED = Prepare()  # no projector size known: the engine fits the pixels itself
 LOOKAHEAD = 3  # images decoded ahead of the model; bounds memory to a few decoded images
 
 
-class Model(Protocol):
+class Answerer(Protocol):
     """What the loop needs from :class:`moondream_cli.engine.Engine`."""
 
     def set_image(
@@ -41,7 +41,7 @@ class Model(Protocol):
 
 
 @runtime_checkable
-class BatchModel(Model, Protocol):
+class BatchAnswerer(Answerer, Protocol):
     """An engine that can also keep several images in flight (:meth:`Engine.ask_many`)."""
 
     batch: int
@@ -78,10 +78,10 @@ class _Decoded:
     skipped: bool = False
 
 
-def run(
+def answer_inputs(
     sources: Iterable[Source],
     questions: Sequence[str],
-    model: Model,
+    model: Answerer,
     sampling: Sampling,
     *,
     constraint: Constraint | None = None,
@@ -128,7 +128,7 @@ def run(
     run_key = object()
     try:
         items = iter(decoder)
-        if isinstance(model, BatchModel) and model.batch > 1 and on_text is None:
+        if isinstance(model, BatchAnswerer) and model.batch > 1 and on_text is None:
             yield from _run_batched(items, questions, model, sampling, constraint, decoder.ready)
             return
         for item in items:
@@ -142,7 +142,7 @@ def run(
 def _run_batched(
     items: Iterator[_Decoded],
     questions: Sequence[str],
-    model: BatchModel,
+    model: BatchAnswerer,
     sampling: Sampling,
     constraint: Constraint | None,
     ready: Callable[[], bool] | None = None,
@@ -203,7 +203,7 @@ def _answer(
     item: _Decoded,
     key: object,
     questions: Sequence[str],
-    model: Model,
+    model: Answerer,
     sampling: Sampling,
     constraint: Constraint | None,
     on_text: Callable[[str], None] | None,

@@ -1,17 +1,24 @@
-"""What a run is set up with, in one typed object that every front-end builds once.
+"""What a run is set up with: one typed object that every front-end builds once, in groups.
 
-The CLI builds a :class:`Settings` from its options (one option per field, ``cli/options.py``),
-``moondream_cli.Moondream`` from its arguments, and the runner takes it as it is. Adding a
-setting means: a field here, its option there, and nothing else — the runner and the engine
-read it from here. Copy with ``dataclasses.replace``, never field by field.
+Each group is the settings of one concern — where the images come from, where the answers
+go, which model runs where, how answers are sampled, the cluster, what reaches stderr — and
+each command takes the groups it needs (``cli/options.py`` gives every group's fields their
+options, shown in one ``--help`` panel per group). :class:`Settings` holds one of each; a
+command that does not take a group gets its defaults. The CLI builds a ``Settings`` from its
+options, ``moondream_cli.Moondream`` from its arguments, and the runner takes it as it is.
+
+Adding a setting means: a field in its group here, its option in that group's table in
+``cli/options.py``, and nothing else (a test holds the two to each other). Copy with
+``dataclasses.replace``, never field by field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import UsageError
 from .records import Format
 from .reference import Fit
 
@@ -19,46 +26,104 @@ if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
     from .engine.options import EngineOptions, Sampling
 
 
+def _at_least(name: str, value: float | None, least: float) -> None:
+    """The one range check of a numeric setting, for the command line and the Python API
+    alike: a usage error (exit 2) that names the setting, not a command-line flag."""
+    if value is not None and not value >= least:  # NaN too
+        raise UsageError(f"{name} must be at least {least:g}, not {value:g}")
+
+
 @dataclass(frozen=True)
-class Settings:
-    # -- inputs
+class InputOptions:
+    """Where the images come from, besides the command's arguments."""
+
     recursive: bool = False  # descend into subfolders of folder arguments
     files_from: str | None = None  # a file of paths, '-' for stdin
     null: bool = False  # --files-from entries end in NUL
-    # -- outputs
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where the answers go: stdout in a format, sidecars, and what a failure does."""
+
     fmt: Format | None = None  # None: text, or nothing on stdout with --sidecar
     sidecar: bool = False  # each answer in a file beside its image
     ext: str = ".txt"  # the sidecar suffix
     overwrite: bool = False  # replace existing sidecars instead of skipping their images
     fail_fast: bool = False  # stop at the first input that fails
     resume: str | None = None  # an earlier --format jsonl output: skip what it answered
-    # -- the model and where it runs
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model, where it runs, and how images are fed to it."""
+
     model_dir: Path | None = None  # None: $MDREAM_MODEL, else the default bundle
     cpu: bool = False  # stay on the CPU even when a GPU is there
     threads: int | None = None  # None: physical cores
-    # -- answers
-    max_tokens: int | None = None  # None: what suits the question (describe's length, ...)
-    temperature: float = 0.0  # 0: greedy
-    seed: int | None = None
     batch: int | None = None  # images answered together; None: the engine's plan
     fit: Fit = Fit.STRETCH  # the reference's stretch to the projector's square, or letterbox
     max_megapixels: float = 250  # larger images are refused (images.MAX_MEGAPIXELS, the same)
-    # -- many machines (moondream_cli.ray; the 'ray' extra)
+
+    def __post_init__(self) -> None:
+        _at_least("threads", self.threads, 1)
+        _at_least("batch", self.batch, 1)
+        _at_least("max_megapixels", self.max_megapixels, 0.01)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How answers are made."""
+
+    max_tokens: int | None = None  # None: what suits the question (describe's length, ...)
+    temperature: float = 0.0  # 0: greedy
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("max_tokens", self.max_tokens, 1)
+        _at_least("temperature", self.temperature, 0.0)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Many machines (moondream_cli.ray; the 'ray' extra)."""
+
     ray: str | None = None  # a Ray cluster's address: answer the images there
     workers: int | None = None  # model copies on the cluster; None: one per node
     unordered: bool = False  # records as they finish, not in input order
-    # -- what reaches stderr
+
+    def __post_init__(self) -> None:
+        _at_least("workers", self.workers, 1)
+
+
+@dataclass(frozen=True)
+class ConsoleOptions:
+    """What reaches stderr."""
+
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes
 
-    def sampling(self, default_max_tokens: int, grammar: str | None = None) -> Sampling:
+
+@dataclass(frozen=True)
+class Settings:
+    """One of each group; the groups a command does not take keep their defaults."""
+
+    inputs: InputOptions = field(default_factory=InputOptions)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    console: ConsoleOptions = field(default_factory=ConsoleOptions)
+
+    def sampler(self, default_max_tokens: int, grammar: str | None = None) -> Sampling:
         """How answers are sampled; ``default_max_tokens`` when no ``max_tokens`` is set."""
         from .engine.options import Sampling
 
+        s = self.sampling
         return Sampling(
-            max_tokens=self.max_tokens or default_max_tokens,
-            temperature=self.temperature,
-            seed=self.seed,
+            max_tokens=s.max_tokens or default_max_tokens,
+            temperature=s.temperature,
+            seed=s.seed,
             grammar=grammar,
         )
 
@@ -69,11 +134,12 @@ class Settings:
         ``seq_tokens``, the most text tokens one sequence needs (``EngineOptions``)."""
         from .engine.options import EngineOptions
 
+        m = self.model
         return EngineOptions(
-            threads=self.threads,
-            gpu=not self.cpu,
-            verbose=self.verbose,
-            batch=self.batch if self.batch is not None else batch,
+            threads=m.threads,
+            gpu=not m.cpu,
+            verbose=self.console.verbose,
+            batch=m.batch if m.batch is not None else batch,
             seq_tokens=seq_tokens,
-            fit=self.fit,
+            fit=m.fit,
         )

@@ -22,10 +22,18 @@ from .errors import InputError, OutputError
 from .images import EXTENSIONS
 from .inputs import Source, Tally
 from .progress import Progress
-from .records import Record, Renderer, escape_controls, escape_line, sidecar_path, write_atomic
+from .records import (
+    Record,
+    Renderer,
+    escape_controls,
+    escape_line,
+    normalize_ext,
+    sidecar_path,
+    write_atomic,
+)
+from .settings import OutputOptions
 
 if TYPE_CHECKING:
-    from .jobs import Job
     from .resume import Resumed
     from .runner import ImageResult
 
@@ -42,24 +50,25 @@ class Outcome:
 
 
 class Sink:
-    """Records to ``out``, sidecars beside their images, one progress step per input."""
+    """Records to ``out``, sidecars beside their images, one progress step per input, as
+    the output ``policy`` (the settings' output group) says."""
 
     def __init__(
         self,
-        job: Job,
+        policy: OutputOptions,
         out: TextIO,
         render: Renderer | None,
         stream: bool,
         progress: Progress,
         resumed: Resumed | None = None,
     ) -> None:
-        self.job, self.out, self.render, self.stream = job, out, render, stream
+        self.policy, self.out, self.render, self.stream = policy, out, render, stream
         self.progress = progress
         self.resumed = resumed
         self.outcome = Outcome()
         self.tally = Tally()  # what walking folders left out; filled by inputs.expand
         self.planned: dict[str, str] = {}  # sidecar (real path) → the image it is for
-        self.ext = job.ext
+        self.ext = normalize_ext(policy.ext)
 
     def header(self) -> None:
         if self.render is not None:
@@ -92,7 +101,7 @@ class Sink:
     def exists(self, source: Source) -> bool:
         """Before the image is decoded: True to skip it (its sidecar is there and may not be
         replaced); InputError when its sidecar could not be written, so no answer is lost."""
-        s = self.job.settings
+        s = self.policy
         if not s.sidecar or source.error is not None:
             return False
         path = sidecar_path(source.label, self.ext)
@@ -125,7 +134,7 @@ class Sink:
                 progress.advance(1)
                 continue
             records = result.records
-            if self.job.settings.sidecar:
+            if self.policy.sidecar:
                 records = [self._write_sidecar(r) for r in records]
             if self.render is not None:
                 if self.stream and records[0].ok:
@@ -138,7 +147,7 @@ class Sink:
             progress.advance(1, failed=int(bool(bad)))
             if bad:
                 outcome.failed += 1
-                if self.job.settings.fail_fast:
+                if self.policy.fail_fast:
                     progress.info("stopping at the first failure (--fail-fast)")
                     outcome.stopped = True
                     return
@@ -159,7 +168,7 @@ class Sink:
         if resumed is not None and resumed.cut:
             info(
                 f"cut an unfinished record ({resumed.cut} bytes) off the end of "
-                f"{escape_line(self.job.settings.resume or '')}: its image is answered again"
+                f"{escape_line(self.policy.resume or '')}: its image is answered again"
             )
         if resumed is not None and resumed.skipped:
             n = resumed.skipped

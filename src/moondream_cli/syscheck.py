@@ -142,7 +142,7 @@ def unshare_command(command: Sequence[str], *, user_namespace: bool) -> list[str
     return ["unshare", *(["-r"] if user_namespace else []), "-n", *command]
 
 
-def parse(text: str) -> list[Syscall]:
+def parse_strace(text: str) -> list[Syscall]:
     """Completed syscalls from an ``strace -f -o FILE`` log, resumed calls joined up."""
     calls: list[Syscall] = []
     pending: dict[int, str] = {}
@@ -318,7 +318,7 @@ def findings(
 
 def check(text: str, *, allow: Iterable[str] = (), cwd: str | None = None) -> list[Finding]:
     """Parse an strace log and return its findings; an empty list means a clean run."""
-    return findings(parse(text), allow=allow, cwd=cwd)
+    return findings(parse_strace(text), allow=allow, cwd=cwd)
 
 
 def summary(found: Sequence[Finding], *, limit: int = 20) -> str:

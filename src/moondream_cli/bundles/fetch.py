@@ -22,12 +22,12 @@ from .. import manifest as mf
 from ..errors import FetchError, MdreamError, ModelError, UsageError
 from ..pairing import check_pair
 from ..progress import Progress
+from ..registry import named_default
 from .hub import hub_sources
-from .installed import default_name, set_default
+from .installed import set_default
 from .quantize import quantize
-from .recipe import Recipe
-from .recipe import load as load_recipe
-from .sources import Source, hash_file, local_sources
+from .recipe import Recipe, load_recipe
+from .sources import CheckedFile, hash_file, local_sources
 from .staging import models_lock, move_into_place, remove_stale, staging
 from .tarball import output_folder_or_file, pack
 
@@ -88,7 +88,7 @@ def fetch(
         if install:
             with models_lock(paths.models_dir(), progress):
                 move_into_place(work, installed)
-                if make_default or default_name() is None:
+                if make_default or named_default() is None:
                     set_default(manifest.name)
     return FetchResult(bundle_name, installed if install else None, tarball, already=False)
 
@@ -96,7 +96,7 @@ def fetch(
 # -- building --------------------------------------------------------------------------------
 
 
-def _already_built(installed: Path, sources: dict[str, Source]) -> bool:
+def _already_built(installed: Path, sources: dict[str, CheckedFile]) -> bool:
     try:
         manifest = mf.read_manifest(installed)
         if not mf.verified_recently(installed, manifest):
@@ -128,7 +128,7 @@ def _build(
     work: Path,
     name: str,
     recipe: Recipe | None,
-    sources: dict[str, Source],
+    sources: dict[str, CheckedFile],
     quant: str,
     threads: int | None,
     progress: Progress,
@@ -169,7 +169,7 @@ def _build(
     return manifest
 
 
-def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dict[str, Any]:
+def _extra(recipe: Recipe | None, sources: dict[str, CheckedFile], quant: str) -> dict[str, Any]:
     from ..engine import native
 
     from_hub = any(s.commit for s in sources.values())
@@ -201,7 +201,7 @@ def _extra(recipe: Recipe | None, sources: dict[str, Source], quant: str) -> dic
     }
 
 
-def _local_name(sources: dict[str, Source]) -> str:
+def _local_name(sources: dict[str, CheckedFile]) -> str:
     return f"moondream2-local-{sources['text'].sha256[:8]}-q4_k_m"
 
 

@@ -19,12 +19,12 @@ from .. import __version__, interrupt
 from ..errors import FetchError
 from ..progress import Progress
 from .recipe import Recipe, SourceFile
-from .sources import Source, check_file
+from .sources import CheckedFile, check_file
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` accepts a trailing newline
 
 
-def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
+def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, CheckedFile]:
     """Download (or find in the hub cache) and check each file ``recipe`` lists."""
     # Without this, huggingface-hub makes an extra request (an "agent harnesses" registry
     # to decorate its user agent). Read at import; an explicit setting wins.
@@ -41,7 +41,7 @@ def hub_sources(recipe: Recipe, progress: Progress) -> dict[str, Source]:
         raise FetchError("huggingface-hub is not installed") from exc
 
     offline = bool(constants.is_offline_mode())
-    sources: dict[str, Source] = {}
+    sources: dict[str, CheckedFile] = {}
     for want in recipe.files:
         hub_sha: str | None = None
         hub_size: int | None = None

@@ -19,7 +19,8 @@ from .. import paths
 from ..errors import BundleError, ModelError
 from ..pairing import check_pair
 from ..progress import Progress
-from .installed import default_name, set_default
+from ..registry import named_default
+from .installed import set_default
 from .staging import models_lock, move_into_place, remove_stale, staging
 from .tarcheck import check_headers
 
@@ -101,7 +102,7 @@ def _install_from(
             if not already:
                 _refuse_a_different_bundle(target, manifest_bytes, manifest.name, where)
                 move_into_place(folder, target)
-            if make_default or default_name() is None:
+            if make_default or named_default() is None:
                 set_default(manifest.name)
     return Installed(manifest.name, target, already=already)
 

@@ -1,5 +1,8 @@
 """The installed bundles: list them, pick the default, verify, export, remove.
 
+Which folders are bundles and which is the default is :mod:`moondream_cli.registry`'s rule,
+shared with inference; this module adds what changes them.
+
 Bundles live under ``MDREAM_HOME`` (see `paths`), one folder each; they arrive by
 `bundle_install` (from a tarball) or `fetch` (from f16 files), and leave as a tarball
 by `export` (see `tarball`). Inference never imports this module.
@@ -15,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import manifest as mf
-from .. import paths
+from .. import paths, registry
 from ..errors import BundleError, ModelError
 from ..progress import Progress
+from ..registry import default_name, installed_names, named_default
 from .staging import models_lock
 from .tarball import output_folder_or_file, pack
 
@@ -38,44 +42,20 @@ class BundleInfo:
     model: str = "?"  # the release the files hold (manifest "model"; "?" in older bundles)
 
 
-def installed_names() -> list[str]:
-    root = paths.models_dir()
-    if not root.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if mf.valid_name(p.name) and p.is_dir() and (p / mf.MANIFEST).is_file()
-    )
-
-
-def default_name() -> str | None:
-    """The bundle ``MDREAM_HOME/default`` names, if it is installed."""
-    try:
-        named = paths.default_file().read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return named if named in installed_names() else None
-
-
 def current_default() -> str:
-    """The bundle inference uses when no model is given: the one named default, else the only
-    one installed. BundleError when there is none, saying how to get one."""
-    names = installed_names()
-    named = default_name() or (names[0] if len(names) == 1 else None)
-    if named is not None:
-        return named
-    if not names:
+    """The bundle inference uses when no model is given (``registry``). BundleError when
+    there is none, saying how to get one."""
+    if not installed_names():
         raise BundleError(NOTHING_INSTALLED)
-    raise BundleError(
-        f"no bundle is the default ({len(names)} installed: {', '.join(names)}) — "
-        "choose one with `mdream bundle default NAME`"
-    )
+    try:
+        return registry.require_default()
+    except ModelError as exc:
+        raise BundleError(exc.message) from None
 
 
 def choose_default(name: str) -> None:
     """Make the installed bundle ``name`` the default (``mdream bundle default NAME``)."""
-    bundle_dir(name)  # the error lists what is installed
+    registry.bundle_dir(name)  # the error lists what is installed
     with models_lock(paths.models_dir()):
         set_default(name)
 
@@ -107,18 +87,9 @@ def _cannot_record(name: str, path: Path, exc: OSError) -> BundleError:
     )
 
 
-def bundle_dir(name: str) -> Path:
-    if not mf.valid_name(name) or name not in installed_names():
-        have = ", ".join(installed_names()) or "none"
-        raise BundleError(f"no bundle named {name!r} is installed (installed: {have})")
-    return paths.models_dir() / name
-
-
 def list_bundles() -> list[BundleInfo]:
     default = default_name()
     names = installed_names()
-    if default is None and len(names) == 1:
-        default = names[0]
     infos = []
     for name in names:
         directory = paths.models_dir() / name
@@ -158,7 +129,7 @@ def _text_quantization(manifest: mf.Manifest) -> str:
 def verify(name: str, progress: Progress | None = None) -> None:
     """Re-hash every file of an installed bundle; raise ModelError on the first mismatch."""
     progress = progress or Progress()
-    directory = bundle_dir(name)
+    directory = registry.bundle_dir(name)
     manifest = mf.read_manifest(directory)
     progress.start(f"verifying {name}", sum(e.size for e in manifest.files))
     try:
@@ -173,7 +144,9 @@ def export(
 ) -> Path:
     """Pack an installed bundle back into its tarball (byte-identical to the one installed);
     an existing tarball is replaced only with ``overwrite``."""
-    return pack(bundle_dir(name), output_folder_or_file(out), progress, overwrite=overwrite)
+    return pack(
+        registry.bundle_dir(name), output_folder_or_file(out), progress, overwrite=overwrite
+    )
 
 
 @dataclass(frozen=True)
@@ -187,10 +160,9 @@ class Removed:
 def remove(name: str) -> Removed:
     """Delete an installed bundle. When it was the default and one bundle is left, that one
     becomes the default; with several left, none is until the user chooses."""
-    directory = bundle_dir(name)
+    directory = registry.bundle_dir(name)
     with models_lock(paths.models_dir()):
-        names = installed_names()
-        was_default = (default_name() or (names[0] if len(names) == 1 else None)) == name
+        was_default = default_name() == name
         try:
             prefix = paths.work_prefix("remove", name)
             trash = Path(tempfile.mkdtemp(prefix=prefix, dir=directory.parent))
@@ -203,4 +175,4 @@ def remove(name: str) -> Removed:
             paths.default_file().unlink(missing_ok=True)
             if len(left) == 1:
                 set_default(left[0])
-    return Removed(directory, was_default, default_name(), left)
+    return Removed(directory, was_default, named_default(), left)

@@ -50,7 +50,7 @@ def quantize(
             tail.append(text.decode("utf-8", errors="replace").strip())
 
     fixes = reference.metadata_fixes(read_metadata(source))
-    rc = native.quantize(
+    rc = native.quantize_gguf(
         source, target, ftype_name, threads or (os.cpu_count() or 1), on_log, metadata=fixes
     )
     if rc != 0:

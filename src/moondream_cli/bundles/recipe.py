@@ -79,12 +79,12 @@ def shipped() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load(name_or_file: str | None = None) -> Recipe:
+def load_recipe(name_or_file: str | None = None) -> Recipe:
     """A shipped recipe by name, or a recipe JSON file by path (default: :data:`DEFAULT`)."""
     spec = name_or_file or DEFAULT
     if spec in shipped():
         res = _shipped_folder() / f"{spec}.json"
-        return parse(res.read_bytes(), origin=f"shipped recipe {spec}")
+        return parse_recipe(res.read_bytes(), origin=f"shipped recipe {spec}")
     path = Path(spec).expanduser()
     if path.suffix == ".json" or path.exists():
         try:
@@ -93,13 +93,13 @@ def load(name_or_file: str | None = None) -> Recipe:
             raise UsageError("no such recipe file", path=str(path)) from exc
         except OSError as exc:
             raise BundleError(f"cannot read recipe: {exc.strerror or exc}", path=str(path)) from exc
-        return parse(data, origin=str(path))
+        return parse_recipe(data, origin=str(path))
     raise UsageError(
         f"unknown recipe {spec!r} — shipped recipes: {', '.join(shipped())}; or give a JSON file"
     )
 
 
-def parse(text: str | bytes, *, origin: str = "recipe") -> Recipe:
+def parse_recipe(text: str | bytes, *, origin: str = "recipe") -> Recipe:
     """Validate recipe JSON; every problem is a BundleError naming ``origin``."""
     try:
         raw = json.loads(text)

@@ -15,13 +15,12 @@ from .. import manifest as mf
 from ..errors import FetchError, ModelError
 from ..locate import find_pair
 from ..progress import Progress
-from .recipe import Recipe, SourceFile
-from .recipe import load as load_recipe
+from .recipe import Recipe, SourceFile, load_recipe
 from .recipe import shipped as shipped_recipes
 
 
 @dataclass
-class Source:
+class CheckedFile:
     """One f16 input file, found and checked."""
 
     role: str
@@ -35,7 +34,7 @@ class Source:
 
 def local_sources(
     folder: Path, recipe_spec: str | None, progress: Progress
-) -> tuple[Recipe | None, dict[str, Source]]:
+) -> tuple[Recipe | None, dict[str, CheckedFile]]:
     """Find the f16 pair in ``folder`` and check it against a recipe, when one applies.
 
     With no ``--recipe``, a shipped recipe applies when any of its file sizes matches;
@@ -56,11 +55,11 @@ def local_sources(
             ),
             None,
         )
-    sources: dict[str, Source] = {}
+    sources: dict[str, CheckedFile] = {}
     for role, path in found.items():
         if recipe is None:
             sha = hash_file(path, progress, f"hashing {path.name}")
-            sources[role] = Source(role, path, sizes[role], sha, path.name, ["none"])
+            sources[role] = CheckedFile(role, path, sizes[role], sha, path.name, ["none"])
         else:
             sources[role] = check_file(path, recipe.file(role), None, None, progress)
     if recipe is None:
@@ -88,7 +87,7 @@ def check_file(
     hub_sha: str | None,
     hub_size: int | None,
     progress: Progress,
-) -> Source:
+) -> CheckedFile:
     """Check ``path`` against the recipe's entry and, online, what the hub said about it."""
     size = path.stat().st_size
     for expected, who in ((want.size, "the recipe"), (hub_size, "the hub")):
@@ -120,7 +119,7 @@ def check_file(
     if not verified:
         verified.append("size-only" if want.size is not None else "none")
     progress.info(f"{want.name}: {size} bytes, sha256 {sha[:16]}…, verified: {', '.join(verified)}")
-    return Source(want.role, path, size, sha, want.name, verified)
+    return CheckedFile(want.role, path, size, sha, want.name, verified)
 
 
 def hash_file(path: Path, progress: Progress, label: str) -> str:

@@ -16,11 +16,30 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__, interrupt
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError, OutputClosed, OutputError
 from . import bundles, doctor, infer
+from .help import Command, Group
 from .output import ClosedStdout, Output, results, silence_stdout
+
+
+def _mapped(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, with Ctrl-C/SIGTERM raised as ``Interrupted`` and a reader that went
+    away as ``OutputClosed``: Typer would otherwise exit 130 silently and 1 on EPIPE."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise interrupt.stopped() from None
+        except BrokenPipeError:
+            raise OutputClosed("the reader of stdout went away") from None
+
+    return run
+
 
 app = typer.Typer(
     name="mdream",
@@ -29,6 +48,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 
 
@@ -55,41 +75,29 @@ def root(
     """
 
 
-def _mapped(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command``, with Ctrl-C/SIGTERM raised as ``Interrupted`` and a reader that went
-    away as ``OutputClosed``: Typer would otherwise exit 130 silently and 1 on EPIPE."""
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise interrupt.stopped() from None
-        except BrokenPipeError:
-            raise OutputClosed("the reader of stdout went away") from None
-
-    return run
-
-
 def _map_every_command(group: typer.Typer) -> None:
     for info in group.registered_commands:
         if info.callback is not None:
             info.callback = _mapped(info.callback)
+        if info.cls in (None, TyperCommand):
+            info.cls = Command
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
+            if sub.cls in (None, TyperGroup):
+                sub.cls = Group
             _map_every_command(sub.typer_instance)
 
 
-infer.register(app)
-bundles.register(app)
-doctor.register(app)
+infer.register_inference_commands(app)
+bundles.register_bundle_commands(app)
+doctor.register_doctor_command(app)
 _map_every_command(app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, map every failure to one line and one exit code."""
     debug = os.environ.get("MDREAM_DEBUG") == "1"
-    interrupt.install()
+    interrupt.install_handlers()
     if sys.stdout is None:  # started with stdout closed (`>&-`)
         sys.stdout = ClosedStdout()  # also holds fd 1, so no file opened later lands there
     output = Output(live=False)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from .help import Group
 from .output import Output
 
 FETCH_EPILOG = """Examples:
@@ -64,24 +65,25 @@ bundle_app = typer.Typer(
     name="bundle",
     help="Install, list, choose, verify, export and remove model bundles (portable tarballs).",
     no_args_is_help=True,
+    cls=Group,
 )
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress on stderr; errors only.")]
 NameArg = Annotated[str, typer.Argument(help="Bundle name, as `mdream bundle list` shows it.")]
 
 
-def register(app: typer.Typer) -> None:
-    app.command(epilog=FETCH_EPILOG)(fetch)
+def register_bundle_commands(app: typer.Typer) -> None:
+    app.command("fetch", epilog=FETCH_EPILOG)(fetch_command)
     app.add_typer(bundle_app)
-    bundle_app.command("install", epilog=INSTALL_EPILOG)(install)
-    bundle_app.command("list", epilog=LIST_EPILOG)(list_)
-    bundle_app.command("default", epilog=DEFAULT_EPILOG)(default)
-    bundle_app.command("verify", epilog=VERIFY_EPILOG)(verify)
-    bundle_app.command("export", epilog=EXPORT_EPILOG)(export)
-    bundle_app.command("remove", epilog=REMOVE_EPILOG)(remove)
+    bundle_app.command("install", epilog=INSTALL_EPILOG)(install_command)
+    bundle_app.command("list", epilog=LIST_EPILOG)(list_command)
+    bundle_app.command("default", epilog=DEFAULT_EPILOG)(default_command)
+    bundle_app.command("verify", epilog=VERIFY_EPILOG)(verify_command)
+    bundle_app.command("export", epilog=EXPORT_EPILOG)(export_command)
+    bundle_app.command("remove", epilog=REMOVE_EPILOG)(remove_command)
 
 
-def fetch(
+def fetch_command(
     *,
     recipe: Annotated[
         str | None,
@@ -89,6 +91,7 @@ def fetch(
             "--recipe",  # no -r: in describe and ask, -r is --recursive
             help="A shipped recipe name or a recipe JSON file. Default: moondream2-20250414; "
             "with --from-dir, the recipe the files match, if any.",
+            metavar="NAME|FILE",
             show_default=False,
         ),
     ] = None,
@@ -97,6 +100,7 @@ def fetch(
         typer.Option(
             "--from-dir",
             help="Take the f16 GGUFs from this folder instead of the hub (no network).",
+            metavar="DIR",
             file_okay=False,
             show_default=False,
         ),
@@ -107,6 +111,7 @@ def fetch(
             "--output",
             "-o",
             help="Also write the bundle tarball here (a folder or FILE.tar).",
+            metavar="DIR|FILE",
             show_default=False,
         ),
     ] = None,
@@ -116,14 +121,18 @@ def fetch(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", help="Bundle name. Default: RECIPE-QUANTIZATION.", show_default=False
+            "--name",
+            help="Bundle name. Default: RECIPE-QUANTIZATION.",
+            metavar="NAME",
+            show_default=False,
         ),
     ] = None,
     default: Annotated[
         bool, typer.Option("--default", help="Make it the default model even if one is set.")
     ] = False,
     threads: Annotated[
-        int | None, typer.Option("--threads", "-t", min=1, help="Quantization threads.")
+        int | None,
+        typer.Option("--threads", "-t", min=1, metavar="N", help="Quantization threads."),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -152,7 +161,7 @@ def fetch(
     sys.stdout.write(f"{result.tarball if result.tarball is not None else result.name}\n")
 
 
-def install(
+def install_command(
     tarball: Annotated[Path, typer.Argument(help="A bundle tarball (.tar).", show_default=False)],
     *,
     default: Annotated[
@@ -174,7 +183,7 @@ def install(
 LIST_HEADER = "  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
 
 
-def list_() -> None:
+def list_command() -> None:
     """List installed bundles: name, size, quantization, model, source, default (*)."""
     from .. import paths
     from ..bundles.installed import NOTHING_INSTALLED, list_bundles
@@ -196,7 +205,7 @@ def list_() -> None:
         )
 
 
-def default(
+def default_command(
     name: Annotated[
         str | None,
         typer.Argument(
@@ -215,7 +224,7 @@ def default(
     Output().info(f"default: {name}")
 
 
-def verify(
+def verify_command(
     name: Annotated[
         str | None,
         typer.Argument(help="Bundle name. Default: every installed bundle.", show_default=False),
@@ -224,9 +233,9 @@ def verify(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-hash an installed bundle's files against its manifest (all bundles by default)."""
-    from ..bundles.installed import installed_names
     from ..bundles.installed import verify as run_verify
     from ..errors import EXIT_MODEL, BundleError, Failed, MdreamError
+    from ..registry import installed_names
 
     names = [name] if name else installed_names()
     if not names:
@@ -251,13 +260,17 @@ def verify(
         raise Failed(f"{failed} of {len(names)} bundles failed verification", EXIT_MODEL)
 
 
-def export(
+def export_command(
     name: NameArg,
     *,
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="A folder, or the FILE.tar to write.", show_default=False
+            "--output",
+            "-o",
+            help="A folder, or the FILE.tar to write.",
+            metavar="DIR|FILE",
+            show_default=False,
         ),
     ],
     overwrite: Annotated[
@@ -275,7 +288,7 @@ def export(
     sys.stdout.write(f"{path}\n")
 
 
-def remove(name: NameArg) -> None:
+def remove_command(name: NameArg) -> None:
     """Delete an installed bundle."""
     from ..bundles.installed import remove as run_remove
 

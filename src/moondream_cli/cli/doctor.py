@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from .options import CpuOpt, ModelDirOpt
+from ..settings import ModelOptions, Settings
+from .options import with_groups
 from .output import claim_stdout
 
 if TYPE_CHECKING:
@@ -33,27 +34,29 @@ model or bundle problem; 4 network use during inference).
 """
 
 
-def register(app: typer.Typer) -> None:
-    app.command(epilog=EPILOG)(doctor)
+def register_doctor_command(app: typer.Typer) -> None:
+    app.command("doctor", epilog=EPILOG)(with_groups(ModelOptions)(doctor_command))
 
 
-def doctor(
+def doctor_command(
     *,
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Report format.")] = (
         ReportFormat.TEXT
     ),
-    model_dir: ModelDirOpt = None,
     no_self_check: Annotated[
-        bool, typer.Option("--no-self-check", help="Skip the tiny inference under the guard.")
+        bool,
+        typer.Option(
+            "--no-self-check", help="Skip the tiny inference under the guard.", metavar=""
+        ),
     ] = False,
-    cpu: CpuOpt = False,
+    settings: Settings,
 ) -> None:
     """Report versions, backend, models and a privacy self-check."""
     from .. import doctor as core
     from ..errors import Failed
 
     out = claim_stdout()  # the self-check loads a model: native prints must not reach stdout
-    report = core.gather(model_dir=model_dir, self_check=not no_self_check, gpu=not cpu)
+    report = core.gather(settings, self_check=not no_self_check)
     if fmt is ReportFormat.JSON:
         out.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:

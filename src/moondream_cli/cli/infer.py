@@ -11,11 +11,29 @@ import typer
 from .. import grammars
 from ..errors import UsageError
 from ..prompts import ASK_MAX_TOKENS, Length, Style, describe_task
-from ..settings import Settings
-from .options import with_settings
+from ..settings import (
+    ClusterOptions,
+    ConsoleOptions,
+    InputOptions,
+    ModelOptions,
+    OutputOptions,
+    SamplingOptions,
+    Settings,
+)
+from .options import with_groups
 
 if TYPE_CHECKING:
-    from ..jobs import Job
+    from ..job import Job
+
+# What describe and ask take: every group, the cluster's included.
+INFERENCE_GROUPS = (
+    InputOptions,
+    OutputOptions,
+    ModelOptions,
+    SamplingOptions,
+    ClusterOptions,
+    ConsoleOptions,
+)
 
 DESCRIBE_EPILOG = """Examples:
 
@@ -49,9 +67,9 @@ ASK_EPILOG = """Examples:
 """
 
 
-def register(app: typer.Typer) -> None:
-    app.command(epilog=DESCRIBE_EPILOG)(with_settings(describe))
-    app.command(epilog=ASK_EPILOG)(with_settings(ask))
+def register_inference_commands(app: typer.Typer) -> None:
+    app.command(epilog=DESCRIBE_EPILOG)(with_groups(*INFERENCE_GROUPS)(describe))
+    app.command(epilog=ASK_EPILOG)(with_groups(*INFERENCE_GROUPS)(ask))
 
 
 def describe(
@@ -79,7 +97,7 @@ def describe(
     settings: Settings,
 ) -> None:
     """Describe each image in words (or as tags)."""
-    from ..jobs import Job
+    from ..job import Job
 
     if style is Style.TAGS and length is not None:
         raise UsageError("--length applies to captions; --style tags has its own length")
@@ -127,7 +145,7 @@ def ask(
     settings: Settings,
 ) -> None:
     """Answer a question about each image."""
-    from ..jobs import Job
+    from ..job import Job
 
     if choices is not None and json_schema is not None:
         raise UsageError("use --choices or --json-schema, not both")
@@ -137,7 +155,7 @@ def ask(
     elif json_schema is not None:
         constraint = grammars.schema_constraint(json_schema)
     images, questions = _split_ask_args(
-        list(args or []), question, constraint, has_list=settings.files_from is not None
+        list(args or []), question, constraint, has_list=settings.inputs.files_from is not None
     )
     _run(Job(tuple(images), tuple(questions), settings, ASK_MAX_TOKENS, constraint))
 
@@ -176,16 +194,17 @@ def as_text(arg: str) -> str:
 def _run(job: Job) -> None:
     """Run the job with stdout claimed for results and the network forbidden; exit 1 when an
     input failed (each was reported as it failed)."""
-    from .. import guard, jobs
+    from .. import guard
+    from ..driver import run_job
     from ..engine import native
     from ..errors import EXIT_INPUT, Failed
     from .output import Output, claim_stdout
 
     guard.forbid_network()
     out = claim_stdout(needed=job.fmt is not None)
-    with Output(quiet=job.settings.quiet) as output:
+    with Output(quiet=job.settings.console.quiet) as output:
         native.set_log_writer(output.native_log)
-        outcome = jobs.run(job, out, output)
+        outcome = run_job(job, out, output)
     if outcome.failed:
         raise Failed(f"{outcome.failed} of {outcome.seen} inputs failed", EXIT_INPUT)
 
@@ -210,4 +229,4 @@ def _looks_like_a_path(text: str) -> bool:
     return len(text.split()) == 1 and os.path.splitext(text)[1].lower() in EXTENSIONS
 
 
-__all__ = ["register"]
+__all__ = ["register_inference_commands"]

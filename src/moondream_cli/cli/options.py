@@ -1,25 +1,36 @@
-"""The command-line options of :class:`~moondream_cli.settings.Settings`, one per field.
+"""The command-line options of :class:`~moondream_cli.settings.Settings`, group by group.
 
-``describe`` and ``ask`` take every setting through :func:`with_settings`, which adds these
-options to the command's signature (so Typer parses, validates and documents them) and hands
-the command one ``settings: Settings``. Adding a setting means: the field in ``settings.py``
-and its option in :data:`SETTING_OPTIONS`, nothing else; a test holds the two to each other.
+Each settings group has a table here, one option per field, and a ``--help`` panel of its
+own. A command takes the groups it needs with :func:`with_groups`, which adds their options
+to its signature (so Typer parses, validates and documents them) and hands the command one
+``settings: Settings`` built from them; the groups it does not take keep their defaults.
+Adding a setting means: the field in its group in ``settings.py`` and its option in that
+group's table below, nothing else; ``tests/test_settings.py`` holds the two to each other.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 
 from ..records import Format
 from ..reference import Fit
-from ..settings import Settings
+from ..settings import (
+    ClusterOptions,
+    ConsoleOptions,
+    InputOptions,
+    ModelOptions,
+    OutputOptions,
+    SamplingOptions,
+    Settings,
+)
 
 
 def flag(*names: str, help: str) -> Any:
@@ -27,22 +38,13 @@ def flag(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help, metavar="")
 
 
-ModelDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--model-dir",
-        "-m",
-        metavar="DIR|NAME",
-        help="Folder with a text GGUF and an mmproj GGUF, or an installed bundle. "
-        "Default: $MDREAM_MODEL, else the installed default bundle.",
-        file_okay=False,
-        show_default=False,
-    ),
-]
-CpuOpt = Annotated[bool, flag("--cpu", help="Run on the CPU even when a GPU is available.")]
+def number(*names: str, help: str, metavar: str = "N") -> Any:
+    """A numeric option with the metavar a person would write, not ``<int range>``; its range
+    is checked by its settings group (``settings.py``), for the Python API too."""
+    return typer.Option(*names, help=help, metavar=metavar, show_default=False)
 
-# Each field of Settings, in its order, as the option that sets it.
-SETTING_OPTIONS: dict[str, Any] = {
+
+INPUT_OPTIONS: dict[str, Any] = {
     "recursive": Annotated[
         bool, flag("--recursive", "-r", help="Descend into subfolders of folder arguments.")
     ],
@@ -58,6 +60,9 @@ SETTING_OPTIONS: dict[str, Any] = {
     "null": Annotated[
         bool, flag("--null", "-0", help="--files-from entries end in NUL (find -print0).")
     ],
+}
+
+OUTPUT_OPTIONS: dict[str, Any] = {
     "fmt": Annotated[
         Format | None,
         typer.Option(
@@ -71,7 +76,9 @@ SETTING_OPTIONS: dict[str, Any] = {
         bool,
         flag("--sidecar", help="Write each answer beside its image (img.jpg → img.txt)."),
     ],
-    "ext": Annotated[str, typer.Option("--ext", help="Sidecar file suffix.", metavar="EXT")],
+    "ext": Annotated[
+        str, typer.Option("--ext", help="Sidecar file suffix. Default: .txt.", metavar="EXT")
+    ],
     "overwrite": Annotated[
         bool,
         flag("--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."),
@@ -87,51 +94,34 @@ SETTING_OPTIONS: dict[str, Any] = {
             show_default=False,
         ),
     ],
-    "model_dir": ModelDirOpt,
-    "cpu": CpuOpt,
-    "threads": Annotated[
-        int | None,
+}
+
+MODEL_OPTIONS: dict[str, Any] = {
+    "model_dir": Annotated[
+        Path | None,
         typer.Option(
-            "--threads",
-            "-t",
-            min=1,
-            metavar="N",
-            help="CPU threads. Default: the number of physical cores.",
-        ),
-    ],
-    "max_tokens": Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens",
-            "-n",
-            min=1,
-            metavar="N",
-            help="Longest answer, in tokens. Default: describe 64 / 256 / 512 by --length, "
-            "128 for --style tags; ask 256.",
+            "--model-dir",
+            "-m",
+            metavar="DIR|NAME",
+            help="Folder with a text GGUF and an mmproj GGUF, or an installed bundle. "
+            "Default: $MDREAM_MODEL, else the installed default bundle.",
+            file_okay=False,
             show_default=False,
         ),
     ],
-    "temperature": Annotated[
-        float,
-        typer.Option(
-            "--temperature",
-            min=0.0,
-            help="0 (default) is greedy: the same input gives the same answer.",
-        ),
-    ],
-    "seed": Annotated[
-        int | None, typer.Option("--seed", help="Sampling seed, for --temperature > 0.")
+    "cpu": Annotated[bool, flag("--cpu", help="Run on the CPU even when a GPU is available.")],
+    "threads": Annotated[
+        int | None,
+        number("--threads", "-t", help="CPU threads. Default: the physical cores."),
     ],
     "batch": Annotated[
         int | None,
-        typer.Option(
+        number(
             "--batch",
             "-b",
-            min=1,
             help="Images answered together (continuous batching). Default: on the CPU, as many "
             "as fit in about one image's memory (Moondream2: 2 for --max-tokens up to ~500, "
             "else 1); on a GPU, as many as half its free memory holds.",
-            show_default=False,
         ),
     ],
     "fit": Annotated[
@@ -140,39 +130,63 @@ SETTING_OPTIONS: dict[str, Any] = {
             "--fit",
             help="How an image becomes the model's square: 'stretch' (default) as the reference "
             "Moondream2 did, or 'letterbox' (grey bars) as other llama.cpp tools do.",
+            show_default=False,
         ),
     ],
     "max_megapixels": Annotated[
         float,
-        typer.Option(
+        number(
             "--max-megapixels",
-            min=0.01,
-            help="Refuse images larger than this many megapixels (phone photos are 12–200).",
+            metavar="MP",
+            help="Refuse images larger than this (phone photos are 12–200). Default: 250.",
         ),
     ],
+}
+
+SAMPLING_OPTIONS: dict[str, Any] = {
+    "max_tokens": Annotated[
+        int | None,
+        number(
+            "--max-tokens",
+            "-n",
+            help="Longest answer, in tokens. Default: describe 64 / 256 / 512 by --length, "
+            "128 for --style tags; ask 256.",
+        ),
+    ],
+    "temperature": Annotated[
+        float,
+        number(
+            "--temperature",
+            metavar="0.0–2.0",
+            help="0 (default) is greedy: the same input gives the same answer.",
+        ),
+    ],
+    "seed": Annotated[
+        int | None, number("--seed", help="Sampling seed, for --temperature above 0.")
+    ],
+}
+
+CLUSTER_OPTIONS: dict[str, Any] = {
     "ray": Annotated[
         str | None,
         typer.Option(
             "--ray",
             metavar="ADDRESS",
             help="Answer on a Ray cluster (host:port; the 'ray' extra). Workers read the "
-            'images from their own storage; see the README, "Many machines".',
+            "images from their own storage; see docs/cluster.md.",
             show_default=False,
         ),
     ],
     "workers": Annotated[
         int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            metavar="N",
-            help="With --ray: model copies on the cluster. Default: one per node.",
-            show_default=False,
-        ),
+        number("--workers", help="With --ray: model copies. Default: one per node."),
     ],
     "unordered": Annotated[
         bool, flag("--unordered", help="With --ray: records as they finish, not in input order.")
     ],
+}
+
+CONSOLE_OPTIONS: dict[str, Any] = {
     "verbose": Annotated[
         bool,
         flag("--verbose", "-v", help="Show llama.cpp and libmtmd log lines on stderr."),
@@ -180,40 +194,82 @@ SETTING_OPTIONS: dict[str, Any] = {
     "quiet": Annotated[bool, flag("--quiet", help="No progress or hints on stderr; errors only.")],
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class OptionGroup:
+    """A settings group on the command line: its ``--help`` panel and its options."""
+
+    panel: str
+    options: dict[str, Any]
+
+
+GROUPS: dict[type, OptionGroup] = {
+    InputOptions: OptionGroup("Inputs", INPUT_OPTIONS),
+    OutputOptions: OptionGroup("Outputs", OUTPUT_OPTIONS),
+    ModelOptions: OptionGroup("Model", MODEL_OPTIONS),
+    SamplingOptions: OptionGroup("Answers", SAMPLING_OPTIONS),
+    ClusterOptions: OptionGroup("Many machines (Ray)", CLUSTER_OPTIONS),
+    ConsoleOptions: OptionGroup("Messages", CONSOLE_OPTIONS),
+}
+
+# The attribute of Settings that holds each group.
+SETTINGS_FIELD: dict[type, str] = {
+    group: next(f.name for f in dataclasses.fields(Settings) if f.type == group.__name__)
+    for group in GROUPS
+}
+
 F = TypeVar("F", bound=Callable[..., None])
 
 
-def with_settings(command: F) -> F:
-    """Give ``command`` every setting as an option; it receives them as ``settings``.
+def with_groups(*groups: type) -> Callable[[F], F]:
+    """Give the command the options of ``groups``, each group in its own ``--help`` panel;
+    it receives them as ``settings``.
 
     The command declares a keyword-only ``settings: Settings`` parameter; Typer sees, in its
-    place, one option per field of :class:`Settings` (defaults from the dataclass).
+    place, one option per field of each group (defaults from the dataclasses).
     """
-    fields = dataclasses.fields(Settings)
-    missing = {f.name for f in fields} ^ set(SETTING_OPTIONS)
-    if missing:
-        raise TypeError(f"Settings fields and SETTING_OPTIONS differ: {sorted(missing)}")
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "settings"]
-    added = [
-        inspect.Parameter(
-            f.name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=f.default,
-            annotation=SETTING_OPTIONS[f.name],
-        )
-        for f in fields
-    ]
-    names = {f.name for f in fields}
+    chosen = list(groups)
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        values = {name: kwargs.pop(name) for name in names if name in kwargs}
-        command(*args, settings=Settings(**values), **kwargs)
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        added, annotations, owner = [], {}, {}
+        for group in chosen:
+            spec = GROUPS[group]
+            for f in dataclasses.fields(group):
+                annotation = _in_panel(spec.options[f.name], spec.panel)
+                added.append(
+                    inspect.Parameter(
+                        f.name,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=f.default,
+                        annotation=annotation,
+                    )
+                )
+                annotations[f.name], owner[f.name] = annotation, group
 
-    run.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
-    run.__annotations__ = {
-        **{k: v for k, v in command.__annotations__.items() if k != "settings"},
-        **SETTING_OPTIONS,
-    }
-    return run  # type: ignore[return-value]
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            values: dict[type, dict[str, Any]] = {group: {} for group in chosen}
+            for name, group in owner.items():
+                if name in kwargs:
+                    values[group][name] = kwargs.pop(name)
+            built = {SETTINGS_FIELD[g]: g(**v) for g, v in values.items()}
+            command(*args, settings=Settings(**built), **kwargs)
+
+        run.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        run.__annotations__ = {
+            **{k: v for k, v in command.__annotations__.items() if k != "settings"},
+            **annotations,
+        }
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def _in_panel(annotation: Any, panel: str) -> Any:
+    """``annotation`` with its typer.Option shown in the ``panel`` of ``--help``."""
+    kind, info = get_args(annotation)
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[kind, info]

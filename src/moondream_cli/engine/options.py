@@ -36,7 +36,7 @@ class EngineOptions:
     # not pay (bench/README.md, "Batched image prefill").
     batched_prefill: bool | None = None
     # How an image is fitted to the projector's square: the reference's stretch, or
-    # llama.cpp's letterbox (README, "Fidelity").
+    # llama.cpp's letterbox (docs/fidelity.md).
     fit: Fit = Fit.STRETCH
 
 

@@ -3,14 +3,15 @@
 The driver (this process) expands the inputs with mdream's own input code and hands out
 ``(index, Source)`` chunks through Ray's :class:`~ray.util.ActorPool`; each worker
 (:mod:`.worker`) reads its images from storage it can see, decodes and strips them in its
-own process, and runs mdream's own batch loop (``runner.run``) on its own engine, with the
+own process, and runs mdream's own batch loop (``runner.answer_inputs``) on its own engine, with the
 network guard on. Only paths go in and only records come back: no image bytes and no pixels
 enter Ray's object store. Per-image failures are records, as locally; a worker that dies is
 restarted by Ray and its chunk retried, and the driver keeps one record set per index.
 Results come out in input order (a bounded lookahead of chunks) or, with ``unordered``, as
-they finish. Ray is imported only here, only when ``--ray`` is given (or :func:`run` called).
+they finish. This is the ``ray`` backend of :mod:`moondream_cli.backends`; Ray is imported
+only here, only when a run's settings name a cluster.
 
-Privacy on a cluster (README, "Many machines"): what still holds is that pixels stay in the
+Privacy on a cluster (docs/cluster.md): what still holds is that pixels stay in the
 worker that read them, metadata is stripped there, inference is offline and the guard is on
 in every worker; what does not is that workers hold Ray's own sockets, answers travel to the
 driver, and images travel from shared storage to the worker that reads them.
@@ -33,9 +34,9 @@ from ..inputs import Source
 from ..records import Record, escape_line
 
 if TYPE_CHECKING:
-    from ..jobs import Job
+    from ..backends import Hooks
+    from ..job import Job
     from ..runner import ImageResult
-    from ..settings import Settings
 
 INSTALL = "pip install 'mdream[ray]'"
 CHUNK = 4  # images per task: enough to keep a worker's continuous batching fed
@@ -45,83 +46,40 @@ Skip = Callable[[Source], bool]
 Results = Iterator["ImageResult"]
 
 
-def run(
-    address: str,
-    inputs: Iterable[str],
-    questions: Iterable[str] | None = None,
-    *,
-    settings: Settings | None = None,
-) -> Iterator[Record]:
-    """Every record for ``inputs`` (files and folders, as on the command line), answered on
-    the Ray cluster at ``address``, in input order: captions, or with ``questions`` one
-    record per image and question. Failed images are records with ``error`` set.
-
-    >>> for record in run("HEAD:6380", ["/shared/photos"]):  # doctest: +SKIP
-    ...     print(record.path, record.answer or record.error)
-    """
-    from dataclasses import replace
-
-    from ..inputs import expand
-    from ..jobs import Job
-    from ..prompts import ASK_MAX_TOKENS, describe_task
-    from ..settings import Settings
-
-    settings = replace(settings or Settings(), ray=address)
-    asked = tuple(questions or ())
-    if asked:
-        job = Job(tuple(inputs), asked, settings, ASK_MAX_TOKENS)
-    else:
-        task = describe_task()
-        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
-    sources = expand(job.inputs, recursive=settings.recursive)
-    # Ray's own notices stay on the caller's stdout, where Ray prints them: the caller's
-    # prints must not be taken for them.
-    results = cluster_results(job, sources, lambda _: False, lambda: None, _ray_notice, False)
-    try:
-        for result in results:
-            yield from result.records
-    finally:
-        results.close()
-
-
-def cluster_results(
-    job: Job,
-    sources: Iterable[Source],
-    skip: Callable[[Source], bool],
-    started: Callable[[], None],
-    note: Callable[[str], None],
-    notices: bool = True,
-) -> Generator[ImageResult, None, None]:
-    """Every input's :class:`ImageResult`, answered on the cluster at ``job.settings.ray``;
+class RayBackend:
+    """The ``ray`` backend (:mod:`moondream_cli.backends`): every input's
+    :class:`ImageResult`, answered on the cluster at ``job.settings.cluster.ray``; the hooks'
     ``started()`` once the workers are ready, ``note`` for what the user should know, and
-    with ``notices`` for what Ray prints on ``sys.stdout`` meanwhile (:class:`Notices`)."""
-    settings = job.settings
-    ray = _import_ray(settings.ray)
-    _refuse_an_open_cluster()
-    try:
-        ray.init(
-            address=settings.ray, log_to_driver=False, logging_level="ERROR", **_local(settings.ray)
-        )
-    except Exception as exc:  # ConnectionError, and Ray's own kinds
-        raise ModelError(f"cannot reach the Ray cluster at {settings.ray}: {exc}") from exc
-    link = Link(note, Notices())
-    stdout = sys.stdout
-    if notices:
-        sys.stdout = link.caught
-    try:
-        pool, workers = _start_workers(ray, job, link)
-        started()
-        for result in _answers(pool, workers, enumerate(sources), skip, job, link):
+    with ``notices`` what Ray prints on ``sys.stdout`` meanwhile too (:class:`Notices`)."""
+
+    def results(
+        self, job: Job, sources: Iterable[Source], hooks: Hooks
+    ) -> Generator[ImageResult, None, None]:
+        address = job.settings.cluster.ray
+        ray = _import_ray(address)
+        _refuse_an_open_cluster()
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", **_local(address))
+        except Exception as exc:  # ConnectionError, and Ray's own kinds
+            raise ModelError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+        link = Link(hooks.note, Notices())
+        stdout = sys.stdout
+        if hooks.notices:
+            sys.stdout = link.caught
+        try:
+            pool, workers = _start_workers(ray, job, link)
+            hooks.started()
+            for result in _answers(pool, workers, enumerate(sources), hooks.skip, job, link):
+                link.tell()
+                yield result
+            hooks.note(
+                f"Ray carried {link.sent:,} bytes to the workers (the job and the paths) "
+                f"and {link.received:,} bytes of records back"
+            )
+        finally:
+            ray.shutdown()
+            sys.stdout = stdout
             link.tell()
-            yield result
-        note(
-            f"Ray carried {link.sent:,} bytes to the workers (the job and the paths) "
-            f"and {link.received:,} bytes of records back"
-        )
-    finally:
-        ray.shutdown()
-        sys.stdout = stdout
-        link.tell()
 
 
 class Notices(io.TextIOBase):
@@ -154,10 +112,6 @@ class Notices(io.TextIOBase):
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 _LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d |The last \d+ lines of ")
-
-
-def _ray_notice(text: str) -> None:
-    sys.stderr.write(f"mdream: {text}\n")
 
 
 @dataclass
@@ -217,9 +171,8 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
 
     from .worker import Worker
 
-    settings = job.settings
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    count = settings.workers or max(1, len(nodes))
+    count = job.settings.cluster.workers or max(1, len(nodes))
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if count > cpus:
         # Ray would wait for ever for CPUs that do not exist (busy ones it waits for rightly).
@@ -249,7 +202,7 @@ def _answers(
     pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, link: Link
 ) -> Results:
     """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight."""
-    unordered = job.settings.unordered
+    unordered = job.settings.cluster.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
     done: dict[int, ImageResult] = {}
     chunk: list[Item] = []
@@ -341,4 +294,4 @@ def _release(order: deque[int], done: dict[int, ImageResult], unordered: bool) -
         yield done.pop(order.popleft())
 
 
-__all__ = ["INSTALL", "cluster_results", "run"]
+__all__ = ["INSTALL", "RayBackend"]

@@ -17,34 +17,32 @@ from .. import guard
 from ..errors import MdreamError
 
 if TYPE_CHECKING:
-    from ..engine import Engine
     from ..inputs import Source
-    from ..jobs import Job
+    from ..job import Job
+    from ..loader import OpenModel
 
 
 class Worker:
     """Made by ``ray.remote(Worker)`` in the driver; every method runs on the worker."""
 
     def __init__(self, job: Job) -> None:
-        from .. import locate
-        from ..engine import Engine
-        from ..images import own_the_size_check
-
-        self.job = job
         import ray
 
+        from ..loader import open_model
+
+        self.job = job
         self.node = socket.gethostname()  # a name for messages; no lookup, no socket
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.engine: Engine | None = None
+        self.model: OpenModel | None = None
         self.problem: str | None = None
         guard.forbid_network()
-        own_the_size_check()
-        settings = job.settings
+        sampling = job.settings.sampler(job.max_tokens)
         try:
-            files = locate.resolve(settings.model_dir)
-            sampling = settings.sampling(job.max_tokens)
-            options = settings.engine_options(seq_tokens=job.seq_tokens(sampling.max_tokens))
-            self.engine = Engine(files, options)
+            self.model = open_model(
+                job.settings,
+                max_tokens=job.max_tokens,
+                seq_tokens=job.seq_tokens(sampling.max_tokens),
+            )
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"
 
@@ -54,25 +52,21 @@ class Worker:
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
         """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
-        from ..images import Prepare
-        from ..runner import run
+        from ..runner import answer_inputs
 
-        if self.engine is None:
+        if self.model is None:
             return [("fatal", 3, self.problem or "the model is not loaded")]
-        job, engine = self.job, self.engine
-        settings = job.settings
-        sampling = settings.sampling(job.max_tokens)
-        how = Prepare(engine.image_size, engine.fit, settings.max_megapixels)
+        job, model = self.job, self.model
         sources = [source for _, source in chunk]
         try:
             results = list(
-                run(
+                answer_inputs(
                     sources,
                     job.questions,
-                    engine,
-                    sampling,
+                    model.engine,
+                    model.sampling,
                     constraint=job.constraint,
-                    preparation=how,
+                    preparation=model.preparation,
                 )
             )
         except MdreamError as exc:  # the network guard (exit 4), a broken model (3)

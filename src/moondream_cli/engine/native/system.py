@@ -96,7 +96,7 @@ def gpu_free_bytes() -> int | None:
     return None
 
 
-def quantize(
+def quantize_gguf(
     source: Path,
     target: Path,
     ftype: str,

@@ -1,0 +1,61 @@
+"""The one way a front-end opens the model: :func:`open_model` for a :class:`Settings`.
+
+The CLI's local backend, a Ray worker, the Python API and ``doctor``'s self-check all open
+their model here, so each gets the same files (checked against their manifest), the same
+engine options, the same sampling and the same image preparation; the size check is taken
+over from Pillow here once, not remembered per front-end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import locate
+
+if TYPE_CHECKING:
+    from .engine import Engine, Sampling
+    from .images import Prepare
+    from .settings import Settings
+
+
+@dataclass
+class OpenModel:
+    """A loaded engine with what a run feeds it: close it (or use ``with``) to free it."""
+
+    engine: Engine
+    sampling: Sampling  # the settings' sampling, the question's own length by default
+    preparation: Prepare  # how an image is decoded and fitted for this engine
+    files: locate.ModelFiles
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> OpenModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_model(
+    settings: Settings,
+    *,
+    max_tokens: int,
+    batch: int | None = None,
+    seq_tokens: int | None = None,
+    files: locate.ModelFiles | None = None,
+) -> OpenModel:
+    """The model ``settings.model`` names, loaded, with ``settings``' sampling (answers of
+    ``max_tokens`` when the settings set no length). ``batch`` and ``seq_tokens`` size the
+    engine where the settings leave it open (``Settings.engine_options``); ``files``, when
+    the caller resolved them already (``doctor`` turns the guard on in between)."""
+    from .engine import Engine
+    from .images import Prepare, own_the_size_check
+
+    own_the_size_check()
+    files = files or locate.resolve(settings.model.model_dir)
+    sampling = settings.sampler(max_tokens)
+    engine = Engine(files, settings.engine_options(batch=batch, seq_tokens=seq_tokens))
+    preparation = Prepare(engine.image_size, engine.fit, settings.model.max_megapixels)
+    return OpenModel(engine, sampling, preparation, files)
