@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UsageError
 from .images import EXTENSIONS
-from .records import Format, normalize_ext
+from .records import Format, SidecarName, normalize_ext
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -51,9 +51,13 @@ RULES: tuple[Rule, ...] = (
     Rule(
         lambda j: (
             not j.settings.outputs.sidecar
-            and (j.settings.outputs.overwrite or j.settings.outputs.ext != ".txt")
+            and (
+                j.settings.outputs.overwrite
+                or j.settings.outputs.ext != ".txt"
+                or j.settings.outputs.sidecar_name is not SidecarName.STEM
+            )
         ),
-        _says("--overwrite and --ext only apply with --sidecar"),
+        _says("--overwrite, --ext and --sidecar-name only apply with --sidecar"),
     ),
     Rule(
         lambda j: j.settings.outputs.sidecar and "-" in j.inputs,

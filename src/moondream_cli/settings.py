@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
-from .records import Format
+from .records import Format, SidecarName
 from .reference import Fit
 
 if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
@@ -49,6 +49,7 @@ class OutputOptions:
     fmt: Format | None = None  # None: text, or nothing on stdout with --sidecar
     sidecar: bool = False  # each answer in a file beside its image
     ext: str = ".txt"  # the sidecar suffix
+    sidecar_name: SidecarName = SidecarName.STEM  # a.txt, or a.jpg.txt (full)
     overwrite: bool = False  # replace existing sidecars instead of skipping their images
     fail_fast: bool = False  # stop at the first input that fails
     resume: str | None = None  # an earlier --format jsonl output: skip what it answered

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 
-from ..records import Format
+from ..records import Format, SidecarName
 from ..reference import Fit
 from ..settings import (
     ClusterOptions,
@@ -78,6 +78,15 @@ OUTPUT_OPTIONS: dict[str, Any] = {
     ],
     "ext": Annotated[
         str, typer.Option("--ext", help="Sidecar file suffix. Default: .txt.", metavar="EXT")
+    ],
+    "sidecar_name": Annotated[
+        SidecarName,
+        typer.Option(
+            "--sidecar-name",
+            help="'stem' (default): a.jpg → a.txt; 'full': a.jpg → a.jpg.txt, so a.jpg and "
+            "a.png in one folder get one each.",
+            show_default=False,
+        ),
     ],
     "overwrite": Annotated[
         bool,
