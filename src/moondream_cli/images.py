@@ -196,11 +196,11 @@ def _check_size(size: tuple[int, int], max_megapixels: float) -> None:
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
         limit = f"{max_megapixels:g}"
-        size = f"{megapixels:,.0f}" if megapixels >= 100 else _short(megapixels, 2)
-        if size == limit:  # never "1 MP, over the 1 MP limit"
-            size = _short(megapixels, 6)
+        shown = f"{megapixels:,.0f}" if megapixels >= 100 else _short(megapixels, 2)
+        if shown == limit:  # never "1 MP, over the 1 MP limit"
+            shown = _short(megapixels, 6)
         raise InputError(
-            f"image too large: {width}×{height} is {size} MP, over the {limit} MP limit "
+            f"image too large: {width}×{height} is {shown} MP, over the {limit} MP limit "
             "(--max-megapixels raises it)"
         )
 
