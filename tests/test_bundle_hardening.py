@@ -488,7 +488,7 @@ def _renamed(tarball: Path, path: Path, name: str) -> Path:
         (["--no-install"], "--no-install needs --output"),
         (["--recipe", "nosuch"], "unknown recipe 'nosuch'"),
         (["--recipe", "no/such.json"], "no such recipe file"),
-        (["-r", "moondream2-2024"], "No such option: -r"),
+        (["-r", "moondream2-2024"], "no such option: -r"),
     ],
 )
 def test_fetch_usage_mistakes_exit_2(args: list[str], said: str, isolated_home: Path) -> None:
@@ -552,12 +552,12 @@ def test_cli_remove_of_the_default_tells_what_happens_next(tarball: Path, tmp_pa
 def test_bundle_list_prints_a_header_and_says_when_nothing_is_installed(tarball: Path) -> None:
     empty = run_mdream("bundle", "list")
     assert empty.returncode == 0
-    assert empty.stdout == b"  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+    assert empty.stdout == b"NAME\tDEFAULT\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\tSTATE\n"
     assert b"no bundle is installed" in empty.stderr and b"mdream fetch" in empty.stderr
     bundle_install.install(tarball)
     listed = run_mdream("bundle", "list")
     header, row = listed.stdout.decode().splitlines()
-    assert header.split("\t")[0] == "  NAME" and row.startswith(f"* {NAME}\t")
+    assert header.split("\t")[:2] == ["NAME", "DEFAULT"] and row.startswith(f"{NAME}\t*\t")
     assert listed.stderr == b""
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_mdream
+from conftest import ROOT, draw_photo, run_mdream
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles.fetch import fetch
@@ -154,7 +154,8 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     listed = run_mdream("bundle", "list")
     assert listed.returncode == 0
     line = listed.stdout.decode().splitlines()[1]  # after the header
-    assert line.startswith(f"* {NAME}\t") and "\tQ4_K_M\t" in line
+    assert line.startswith(f"{NAME}\t*\t") and "\tQ4_K_M\t" in line
+    assert line.endswith("\tverified")
 
     verified = run_mdream("bundle", "verify", NAME)
     assert (verified.returncode, verified.stdout) == (0, f"ok\t{NAME}\n".encode())
@@ -168,6 +169,22 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     assert damaged.returncode == 3
     assert b"sha256 mismatch" in damaged.stderr
     assert damaged.stdout == b""
+
+    # A failed check sticks: the cheap check (sizes, times) would pass, the bundle is refused.
+    image = isolated_home / "photo.png"
+    draw_photo().save(image)
+    refused = run_mdream("describe", image, "-n", "2")
+    assert refused.returncode == 3
+    assert f"bundle {NAME} failed its last full check (".encode() in refused.stderr
+    assert f"mdream bundle verify {NAME}".encode() in refused.stderr
+    doctor = run_mdream("doctor", "--no-self-check")
+    assert doctor.returncode == 3 and b"failed its last full check" in doctor.stdout
+    row = run_mdream("bundle", "list").stdout.decode().splitlines()[1]
+    assert "\tfailed its last full check: " in row and "sha256 mismatch" in row
+    data[-1] ^= 0x01  # restored: verified again, used again
+    text.write_bytes(bytes(data))
+    assert run_mdream("bundle", "verify", NAME).returncode == 0
+    assert run_mdream("describe", image, "-n", "2").returncode == 0
 
     removed = run_mdream("bundle", "remove", NAME)
     assert removed.returncode == 0, removed.stderr

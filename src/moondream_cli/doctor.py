@@ -162,6 +162,11 @@ def _bundle_states(problems: list[str]) -> list[BundleState]:
         directory = paths.models_dir() / name
         try:
             manifest = mf.read_manifest(directory)
+            failed = mf.failed_check(directory)
+            if failed is not None:
+                raise ModelError(
+                    f"failed its last full check ({failed}): run `mdream bundle verify {name}`"
+                )
             if mf.verified_recently(directory, manifest):
                 state, detail = "verified", "sizes and times match the last full sha256 check"
             else:

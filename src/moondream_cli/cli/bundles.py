@@ -180,13 +180,14 @@ def install_command(
     sys.stdout.write(f"{result.name}\n")
 
 
-LIST_HEADER = "  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+LIST_HEADER = "NAME\tDEFAULT\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\tSTATE\n"
 
 
 def list_command() -> None:
-    """List installed bundles: name, size, quantization, model, source, default (*)."""
+    """List installed bundles: name, default (*), size, quantization, model, source, state."""
     from .. import paths
     from ..bundles.installed import NOTHING_INSTALLED, list_bundles
+    from ..records import escape
 
     out = Output()
     for left in paths.leftovers():
@@ -196,13 +197,17 @@ def list_command() -> None:
     if not infos:
         out.info(NOTHING_INSTALLED)
     for info in infos:
-        quant = info.quantization
-        mark = "*" if info.default else " "
-        flag = "" if info.intact else "\t(changed since last verified)"
-        sys.stdout.write(
-            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.model}\t"
-            f"{info.source}{flag}\n"
+        fields = (
+            info.name,
+            "*" if info.default else "",
+            f"{info.size / 2**20:,.1f} MiB",
+            info.quantization,
+            info.model,
+            info.source,
+            info.state,
         )
+        # The manifest's words are its writer's: escaped, they cannot forge a row.
+        sys.stdout.write("\t".join(escape(f) for f in fields) + "\n")
 
 
 def default_command(
