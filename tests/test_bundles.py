@@ -111,8 +111,8 @@ def test_round_trip_fetch_from_dir_install_describe(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
     online = {"MDREAM_HOME": str(tmp_path / "online-home")}
-    out = tmp_path / "not-yet" / "bundles"  # a folder that does not exist yet is created
-    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", out, env=online)
+    out = tmp_path / "bundles"  # FOLDER/: a folder that does not exist yet is made, as cp would
+    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", f"{out}/", env=online)
     assert built.returncode == 0, built.stderr
     tar_path = Path(built.stdout.decode().strip())
     assert tar_path.parent == out and tar_path.is_file() and tar_path.suffix == ".tar"

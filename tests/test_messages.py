@@ -60,3 +60,11 @@ def test_one_token_is_one_token() -> None:
     constraint = choices_constraint(["yes", "no"])
     with pytest.raises(InputError, match=r"within 1 token \("):
         constraint.check("ye", 1)
+
+
+def test_a_batch_llama_cpp_cannot_make_is_a_usage_error_naming_the_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It used to load the model, then blame the model file: "cannot create a context".
+    (line,) = _usage(capsys, "describe", "x.jpg", "--batch", "257")
+    assert "batch must be at most 256 (llama.cpp's limit on the sequences of one context)" in line

@@ -28,6 +28,7 @@ FORMAT = 1
 ROLES = ("text", "mmproj")
 # Matched with fullmatch: `$` would also accept a name that ends in a newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "a bundle name is letters, digits, '.', '_' and '-', starting with a letter or digit"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # No model file comes near a pebibyte; a larger size is a hostile manifest, whose sums and
 # MiB figures would otherwise overflow.

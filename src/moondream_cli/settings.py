@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
     from .engine.options import EngineOptions, Sampling
 
 
+# llama.cpp's LLAMA_MAX_SEQ: a context with more sequences cannot be made at all.
+MAX_BATCH = 256
+
+
 def _at_least(name: str, value: float | None, least: float) -> None:
     """The one range check of a numeric setting, for the command line and the Python API
     alike: a usage error (exit 2) that names the setting, not a command-line flag."""
@@ -69,6 +73,11 @@ class ModelOptions:
     def __post_init__(self) -> None:
         _at_least("threads", self.threads, 1)
         _at_least("batch", self.batch, 1)
+        if self.batch is not None and self.batch > MAX_BATCH:
+            raise UsageError(
+                f"batch must be at most {MAX_BATCH} (llama.cpp's limit on the sequences of one "
+                f"context), not {self.batch}"
+            )
         _at_least("max_megapixels", self.max_megapixels, 0.01)
 
 

@@ -153,7 +153,11 @@ def verify(name: str, progress: Progress | None = None) -> None:
 
 
 def export(
-    name: str, out: Path, progress: Progress | None = None, *, overwrite: bool = False
+    name: str,
+    out: str | os.PathLike[str],
+    progress: Progress | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Pack an installed bundle back into its tarball (byte-identical to the one installed);
     an existing tarball is replaced only with ``overwrite``."""

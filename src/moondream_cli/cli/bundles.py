@@ -106,11 +106,12 @@ def fetch_command(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--output",
             "-o",
-            help="Also write the bundle tarball here (a folder or FILE.tar).",
+            help="Also write the bundle tarball here: a folder (an existing one, or FOLDER/ to "
+            "make it), or the FILE.tar to write.",
             metavar="DIR|FILE",
             show_default=False,
         ),
@@ -269,11 +270,12 @@ def export_command(
     name: NameArg,
     *,
     output: Annotated[
-        Path,
+        str,
         typer.Option(
             "--output",
             "-o",
-            help="A folder, or the FILE.tar to write.",
+            help="A folder (an existing one, or FOLDER/ to make it) for the tarball under its "
+            "own name, or the FILE.tar to write.",
             metavar="DIR|FILE",
             show_default=False,
         ),

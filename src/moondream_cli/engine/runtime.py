@@ -117,11 +117,8 @@ class Runtime:
             flash_attn=self.plan.flash_attn,
             threads=self.threads,
         )
-        try:
-            self.context = self._own(native.Context(self.model, params))
-        except ModelError as exc:
-            exc.path = str(self.files.text)
-            raise
+        # A context that cannot be made is its size's fault, not the model file's: no path.
+        self.context = self._own(native.Context(self.model, params))
         lap("context")
         # Positions one sequence may use (llama.cpp may round its cells).
         self.n_ctx = min(self.plan.seq_positions, self.context.n_ctx_seq)
