@@ -40,7 +40,8 @@ system-deps:
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace util-linux; }
 
-# Everything but the tests marked slow (child processes, strace, signals): seconds, not minutes.
+# Everything but the tests marked slow (child processes, strace, signals, a cluster, seconds of
+# model work): under 30 s on 2 cores, not minutes.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

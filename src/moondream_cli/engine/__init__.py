@@ -1,7 +1,8 @@
 """In-process Moondream2 inference on llama.cpp's multimodal library (libmtmd).
 
 - :mod:`.core`: :class:`Engine`, one loaded pair; the single-image path.
-- :mod:`.batching`: continuous batching (:meth:`Engine.ask_many`).
+- :mod:`.batching`: continuous batching (:meth:`Engine.ask_many`), one loop over the slots.
+- :mod:`.slot`: :class:`~.slot.Slot`, one sequence and all of its state; ``Request``, ``Answer``.
 - :mod:`.runtime`: loading, and the evaluation steps both paths share; :class:`Timings`.
 - :mod:`.plan`: hardware probing and KV/batch sizing, as pure functions.
 - :mod:`.stream`: sampled tokens → text, and the stop rules.
@@ -11,11 +12,11 @@
 from __future__ import annotations
 
 from . import native
-from .batching import Answer, Request
 from .core import Engine
 from .options import EngineOptions, Sampling
 from .plan import CPU_UBATCH, Plan, cpu_has_amx, cpu_kv_cells, physical_cores
 from .runtime import Timings
+from .slot import Answer, Request
 
 
 def gpu_available() -> bool:
