@@ -20,7 +20,7 @@ from conftest import ROOT, draw_photo, run_mdream
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles.fetch import fetch
-from moondream_cli.errors import BundleError
+from moondream_cli.errors import BundleError, UsageError
 
 NAME = "moondream2-local-e3428061-q4_k_m"
 
@@ -102,7 +102,8 @@ def test_same_inputs_give_the_same_tarball_bytes(
     bundle_install.install(tarball)
     exported = bundle.export(NAME, tmp_path)
     assert exported.read_bytes() == tarball.read_bytes()
-    with pytest.raises(BundleError, match="cannot write"):
+    # A folder that is not there is the user's slip (exit 2), found before packing.
+    with pytest.raises(UsageError, match="no-such-folder does not exist"):
         bundle.export(NAME, tmp_path / "no-such-folder" / "x.tar")
 
 
