@@ -124,6 +124,8 @@ def answer_paths(
     else:
         task = describe_task()
         job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+    backend = backend_for(settings)
+    backend.preflight(job)
     listing = job.open_list()
     try:
         sources = expand(
@@ -134,7 +136,7 @@ def answer_paths(
         )
         # The caller's own prints on stdout must not be taken for a backend's notices.
         hooks = Hooks(note=note or _to_stderr, notices=False)
-        results = backend_for(settings).results(job, sources, hooks)
+        results = backend.results(job, sources, hooks)
         try:
             for result in results:
                 yield from result.records

@@ -42,6 +42,10 @@ class Hooks:
 class Backend(Protocol):
     """Answers a job's inputs; freeing what it loaded when the generator closes."""
 
+    def preflight(self, job: Job) -> None:
+        """What must be checked over the network before the network guard goes on (the
+        front-end calls it first); raise an MdreamError to stop the run there."""
+
     def results(self, job: Job, sources: Iterable[Source], hooks: Hooks) -> Results: ...
 
 
@@ -70,6 +74,9 @@ def backend_for(settings: Settings) -> Backend:
 
 class LocalBackend:
     """This process's own engine, loaded for the job, freed when the results close."""
+
+    def preflight(self, job: Job) -> None:
+        """Nothing: a local run never uses the network."""
 
     def results(self, job: Job, sources: Iterable[Source], hooks: Hooks) -> Results:
         from .images import read_stream

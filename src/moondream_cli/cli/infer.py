@@ -195,11 +195,13 @@ def _run(job: Job) -> None:
     """Run the job with stdout claimed for results and the network forbidden; exit 1 when an
     input failed (each was reported as it failed)."""
     from .. import guard
+    from ..backends import backend_for
     from ..driver import run_job
     from ..engine import native
     from ..errors import EXIT_INPUT, Failed
     from .output import Output, claim_stdout
 
+    backend_for(job.settings).preflight(job)  # a cluster's address, before the guard
     guard.forbid_network()
     out = claim_stdout(needed=job.fmt is not None)
     with Output(quiet=job.settings.console.quiet) as output:
