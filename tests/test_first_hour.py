@@ -78,3 +78,34 @@ def test_records_of_the_current_folder_keep_their_dot_slash(
     assert json.loads(done.stdout)["path"] == "./-dash.jpg"
     again = run_mdream("describe", "./-dash.jpg", "-m", tiny_model, "-n", "2", cwd=album)
     assert again.returncode == 0, again.stderr
+
+
+def _on_a_terminal(*args: str | os.PathLike[str]) -> tuple[int, str]:
+    """mdream with a terminal for stdin (a pty), as a person types the command."""
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "moondream_cli", *map(str, args)],
+            stdin=follower,
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return done.returncode, done.stderr.decode()
+
+
+def test_an_image_from_stdin_when_stdin_is_the_terminal_is_refused_not_waited_for(
+    tiny_model: Path,
+) -> None:
+    code, err = _on_a_terminal("describe", "-", "-m", tiny_model)
+    assert code == 2
+    assert "stdin is this terminal: pipe one in (cat photo.jpg | mdream describe -)" in err

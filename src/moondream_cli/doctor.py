@@ -105,10 +105,12 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
     bundles = tuple(
         BundleState(b.name, b.path, b.state, b.detail, default=b.name == default) for b in bundles
     )
+    settings = settings or Settings()
     if self_check:
-        check = run_self_check(settings or Settings())
+        check = run_self_check(settings)
     else:
         check = SelfCheck("skipped", "not requested (--no-self-check)")
+        _check_the_model_named(settings, problems)
     return Report(
         mdream=__version__,
         python=platform.python_version(),
@@ -128,6 +130,17 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
         problems=tuple(problems),
         leftovers=tuple(left.describe() for left in paths.leftovers()),
     )
+
+
+def _check_the_model_named(settings: Settings, problems: list[str]) -> None:
+    """Without the self-check, a model named with --model-dir or MDREAM_MODEL is still
+    found and checked (headers, manifest): a name that leads nowhere is not healthy."""
+    if settings.model.model_dir is None and not os.environ.get("MDREAM_MODEL"):
+        return
+    try:
+        locate.resolve(settings.model.model_dir)
+    except ModelError as exc:
+        problems.append(str(exc))
 
 
 def _home_source() -> str:

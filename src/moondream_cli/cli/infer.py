@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -201,14 +202,28 @@ def _run(job: Job) -> None:
     from ..errors import EXIT_INPUT, Failed
     from .output import Output, claim_stdout
 
+    if "-" in job.inputs and _isatty(sys.stdin):
+        raise UsageError(
+            "'-' reads an image from stdin, and stdin is this terminal: pipe one in "
+            "(cat photo.jpg | mdream describe -)"
+        )
     backend_for(job.settings).preflight(job)  # a cluster's address, before the guard
     guard.forbid_network()
     out = claim_stdout(needed=job.fmt is not None)
     with Output(quiet=job.settings.console.quiet) as output:
         native.set_log_writer(output.native_log)
+        if job.settings.inputs.files_from == "-" and _isatty(sys.stdin):
+            output.info("reading image paths from the terminal, one a line; Ctrl-D ends them")
         outcome = run_job(job, out, output)
     if outcome.failed:
         raise Failed(f"{outcome.failed} of {outcome.seen} inputs failed", EXIT_INPUT)
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _names_an_image(text: str) -> bool:
