@@ -1,8 +1,10 @@
 """What one describe/ask run is: its inputs, its questions and its settings, checked.
 
 A :class:`Job` is made by a front-end (the CLI, :func:`moondream_cli.answer_paths`) and
-checked on creation against :data:`RULES`, the rules between options: one row each, the
-condition that breaks it and what the user is told (exit 2). ``tests/test_job_rules.py``
+checked on creation against :data:`RULES`, the rules between options of different groups:
+one row each, the condition that breaks it and what the user is told (exit 2). A rule
+within one group (a range, a seed without a temperature) is that group's own check
+(``settings.py``), so the Python API keeps it too. ``tests/test_job_rules.py``
 holds one case per row. :mod:`.driver` runs a job; a backend (:mod:`.backends`) answers it.
 """
 
@@ -88,14 +90,6 @@ RULES: tuple[Rule, ...] = (
     Rule(
         lambda j: j.settings.outputs.resume is not None and j.fmt is not Format.JSONL,
         _says("--resume continues a --format jsonl run: add --format jsonl"),
-    ),
-    Rule(
-        lambda j: j.settings.console.quiet and j.settings.console.verbose,
-        _says("--quiet and --verbose contradict each other: choose one"),
-    ),
-    Rule(
-        lambda j: j.settings.sampling.seed is not None and not j.settings.sampling.temperature,
-        _says("--seed only matters with --temperature above 0 (greedy is exact)"),
     ),
 )
 

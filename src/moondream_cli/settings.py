@@ -92,6 +92,8 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         _at_least("max_tokens", self.max_tokens, 1)
         _at_least("temperature", self.temperature, 0.0)
+        if self.seed is not None and not self.temperature:
+            raise UsageError("seed only matters with a temperature above 0 (greedy is exact)")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,10 @@ class ConsoleOptions:
 
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes
+
+    def __post_init__(self) -> None:
+        if self.quiet and self.verbose:
+            raise UsageError("--quiet and --verbose contradict each other: choose one")
 
 
 @dataclass(frozen=True)
