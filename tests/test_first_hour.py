@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from conftest import draw_photo, run_mdream
 
 pytestmark = pytest.mark.slow  # runs mdream in a child process
+MDREAM = [sys.executable, "-m", "moondream_cli"]
 
 
 def _album(root: Path) -> Path:
@@ -109,3 +111,93 @@ def test_an_image_from_stdin_when_stdin_is_the_terminal_is_refused_not_waited_fo
     code, err = _on_a_terminal("describe", "-", "-m", tiny_model)
     assert code == 2
     assert "stdin is this terminal: pipe one in (cat photo.jpg | mdream describe -)" in err
+
+
+def test_ctrl_c_while_an_answer_streams_puts_the_message_on_a_line_of_its_own(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # It read `clashes^Cmdream: interrupted`: the message glued to the half-written answer.
+    import pty
+    import select
+    import signal
+    import subprocess
+    import time
+
+    from conftest import ROOT
+
+    image = tmp_path / "photo.png"
+    draw_photo().save(image)
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [*MDREAM, "describe", str(image), "-m", str(tiny_model), "-n", "1500"],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while len(screen) < 40 and time.monotonic() < deadline:  # the answer is streaming
+            if select.select([leader], [], [], 1)[0]:
+                screen += os.read(leader, 4096)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(30) == 130
+        while select.select([leader], [], [], 0.5)[0]:
+            try:
+                screen += os.read(leader, 4096)
+            except OSError:
+                break
+    finally:
+        child.kill()
+        os.close(leader)
+    text = screen.decode(errors="replace").replace("\r\n", "\n")
+    assert "mdream: interrupted" in text
+    assert "\nmdream: interrupted" in text, text[-200:]  # at the start of its own line
+
+
+def test_a_folder_run_on_a_narrow_terminal_never_wraps_its_progress_line(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # At 50 columns the bar wrapped, and every refresh left a stale half-line behind.
+    import fcntl
+    import pty
+    import re
+    import struct
+    import subprocess
+    import termios
+
+    from conftest import ROOT
+
+    album = tmp_path / "album"
+    album.mkdir()
+    for i in range(6):
+        draw_photo(seed=i).save(album / f"{i}.png")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [*MDREAM, "describe", str(album), "-m", str(tiny_model), "-n", "8", "--format", "jsonl"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**env, "PYTHONPATH": str(ROOT / "src")},
+        timeout=120,
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert done.returncode == 0
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    lines = [line for part in plain.split("\n") for line in part.split("\r") if line.strip()]
+    assert any("6/6" in line and "img/s" in line for line in lines), lines
+    assert max(len(line) for line in lines) <= 50, [line for line in lines if len(line) > 50]

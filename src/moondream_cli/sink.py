@@ -11,6 +11,7 @@ stdout or the disk can take nothing more, the run stops with an :class:`OutputEr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from . import interrupt
-from .errors import InputError, OutputError
+from .errors import InputError, MdreamError, OutputError
 from .images import EXTENSIONS
 from .inputs import Source, Tally
 from .progress import Progress
@@ -67,6 +68,7 @@ class Sink:
         self.progress = progress
         self.resumed = resumed
         self.outcome = Outcome()
+        self.mid_line = False  # a streamed answer is on stdout without its line end
         self.tally = Tally()  # what walking folders left out; filled by inputs.expand
         if policy.sidecar:
             ext, naming = normalize_ext(policy.ext), policy.sidecar_name
@@ -94,6 +96,16 @@ class Sink:
     def stream_text(self, text: str) -> None:
         """A piece of the answer as it is generated: control characters escaped."""
         self.text(escape_controls(text))
+        if text:
+            self.mid_line = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        """An answer cut off while it streamed (Ctrl-C, an error) ends its line, so that the
+        message after it starts a line of its own."""
+        if self.mid_line:
+            self.mid_line = False
+            with contextlib.suppress(MdreamError, OSError):
+                self.text("\n")
 
     def skip(self, source: Source) -> bool:
         """Before the image is decoded: True to skip it (``--resume``'s file answered it, or
@@ -150,6 +162,7 @@ class Sink:
             if self.render is not None:
                 if self.stream and records[0].ok:
                     self.text("\n")  # the answer itself was streamed
+                    self.mid_line = False
                 else:
                     self.text("".join(self.render.render(r) for r in records))
             bad = [r for r in records if not r.ok]

@@ -204,6 +204,11 @@ def _isatty(stream: TextIO | None) -> bool:
         return False
 
 
+# What a folder run's line needs besides its bar: "images 1234/5678 12.34 img/s 0:01:02
+# ETA 0:12:34 0 failed", with the spaces between columns.
+ROOM_FOR_TEXT = 70
+
+
 def _bar(unit: str) -> Any:
     """A rich bar on stderr. A folder run's: done/total, images per second, elapsed, ETA and
     failures, left on screen at the end. Any other step's: its amount (sizes and speed for
@@ -234,15 +239,39 @@ def _bar(unit: str) -> Any:
                 return Text("– img/s")
             return Text(f"{task.completed / elapsed:.2f} img/s")
 
+    class Eta(ProgressColumn):
+        """Time left at the same overall rate the img/s column shows (rich's own estimate
+        uses its windowed speed: '3/63 … ETA 0:00:01')."""
+
+        def render(self, task: Task) -> Text:
+            elapsed = task.finished_time if task.finished else task.elapsed
+            if task.total is None or not elapsed or not task.completed:
+                return Text("ETA –:––:––")
+            left = max(0.0, task.total - task.completed) * elapsed / task.completed
+            return Text(
+                f"ETA {int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d}"
+            )
+
+    class FitBar(BarColumn):
+        """As wide as the terminal leaves room for, read at each refresh (a resize too); no
+        bar at all on a narrow one, so the line never wraps and leaves half-lines behind."""
+
+        def render(self, task: Task) -> Any:
+            self.bar_width = max(0, console.width - ROOM_FOR_TEXT)
+            return super().render(task) if self.bar_width >= 6 else Text("")
+
+    class Elapsed(TimeElapsedColumn):
+        def render(self, task: Task) -> Text:
+            return super().render(task) if console.width >= ROOM_FOR_TEXT else Text("")
+
     if unit == "images":
         columns: list[Any] = [
             TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
+            FitBar(),
             MofNCompleteColumn(),
             Rate(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            Elapsed(),
+            Eta(),
             TextColumn("{task.fields[failed]} failed"),
         ]
         return Bars(*columns, console=console, transient=False)
