@@ -68,3 +68,22 @@ def test_a_batch_llama_cpp_cannot_make_is_a_usage_error_naming_the_limit(
     # It used to load the model, then blame the model file: "cannot create a context".
     (line,) = _usage(capsys, "describe", "x.jpg", "--batch", "257")
     assert "batch must be at most 256 (llama.cpp's limit on the sequences of one context)" in line
+
+
+def test_help_reads_as_a_person_writes_it() -> None:
+    from typer.testing import CliRunner
+
+    from moondream_cli.cli.app import app
+
+    runner = CliRunner()
+    usages = {
+        ("describe",): "mdream describe [OPTIONS] IMAGE...",
+        ("ask",): "mdream ask [OPTIONS] IMAGE... [QUESTION]",
+        ("bundle", "install"): "mdream bundle install [OPTIONS] TARBALL",
+        ("bundle", "default"): "mdream bundle default [OPTIONS] [NAME]",
+    }
+    for words, usage in usages.items():
+        shown = runner.invoke(app, [*words, "--help"], terminal_width=100).output
+        assert usage in shown, shown
+        for noise in ("<bool>", "<list[str]>", "<int range>", "<float range>", "[default:"):
+            assert noise not in shown, (words, noise)

@@ -117,7 +117,11 @@ def fetch_command(
         ),
     ] = None,
     install: Annotated[
-        bool, typer.Option("--install/--no-install", help="Install the bundle under MDREAM_HOME.")
+        bool,
+        typer.Option(
+            "--install/--no-install",
+            help="Install the bundle under MDREAM_HOME (default), or only pack it.",
+        ),
     ] = True,
     name: Annotated[
         str | None,

@@ -92,7 +92,7 @@ def describe(
         typer.Option(
             "--style",
             "-s",
-            help="caption (sentences) or tags (comma-separated, for text-to-image).",
+            help="caption (sentences; the default) or tags (comma-separated, for text-to-image).",
         ),
     ] = Style.CAPTION,
     settings: Settings,
@@ -123,6 +123,7 @@ def ask(
             "--question",
             "-q",
             help="A question; repeat for several. Then every argument is an image.",
+            metavar="TEXT",
         ),
     ] = None,
     choices: Annotated[

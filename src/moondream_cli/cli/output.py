@@ -218,39 +218,49 @@ def _bar(unit: str) -> Any:
         BarColumn,
         DownloadColumn,
         MofNCompleteColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bars
+
+    console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+    if unit == "images":
+        return Bars(*_folder_columns(console), console=console, transient=False)
+    amount = DownloadColumn() if unit == "B" else MofNCompleteColumn()
+    columns = [TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn()]
+    return Bars(*columns, console=console, transient=True)
+
+
+def _folder_columns(console: Any) -> list[Any]:
+    """A folder run's columns, every rate from one overall rate, fitted to ``console``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
         ProgressColumn,
         Task,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
-    from rich.progress import Progress as Bars
     from rich.text import Text
 
-    console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+    def rate(task: Task) -> float | None:
+        """Images done ÷ time elapsed: rich's windowed speed jumps wildly when skipped
+        images finish in bursts, and drove its ETA ('3/63 0.14 img/s … ETA 0:00:01')."""
+        elapsed = task.finished_time if task.finished else task.elapsed
+        return task.completed / elapsed if elapsed and task.completed else None
 
     class Rate(ProgressColumn):
-        """Images done ÷ time elapsed: rich's windowed speed jumps wildly when skipped
-        images finish in bursts."""
-
         def render(self, task: Task) -> Text:
-            elapsed = task.finished_time if task.finished else task.elapsed
-            if not elapsed or not task.completed:
-                return Text("– img/s")
-            return Text(f"{task.completed / elapsed:.2f} img/s")
+            per_s = rate(task)
+            return Text("– img/s" if per_s is None else f"{per_s:.2f} img/s")
 
     class Eta(ProgressColumn):
-        """Time left at the same overall rate the img/s column shows (rich's own estimate
-        uses its windowed speed: '3/63 … ETA 0:00:01')."""
-
         def render(self, task: Task) -> Text:
-            elapsed = task.finished_time if task.finished else task.elapsed
-            if task.total is None or not elapsed or not task.completed:
+            per_s = rate(task)
+            if per_s is None or task.total is None:
                 return Text("ETA –:––:––")
-            left = max(0.0, task.total - task.completed) * elapsed / task.completed
-            return Text(
-                f"ETA {int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d}"
-            )
+            left = int(max(0.0, task.total - task.completed) / per_s)
+            return Text(f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}")
 
     class FitBar(BarColumn):
         """As wide as the terminal leaves room for, read at each refresh (a resize too); no
@@ -264,20 +274,15 @@ def _bar(unit: str) -> Any:
         def render(self, task: Task) -> Text:
             return super().render(task) if console.width >= ROOM_FOR_TEXT else Text("")
 
-    if unit == "images":
-        columns: list[Any] = [
-            TextColumn("[progress.description]{task.description}"),
-            FitBar(),
-            MofNCompleteColumn(),
-            Rate(),
-            Elapsed(),
-            Eta(),
-            TextColumn("{task.fields[failed]} failed"),
-        ]
-        return Bars(*columns, console=console, transient=False)
-    amount = DownloadColumn() if unit == "B" else MofNCompleteColumn()
-    columns = [TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn()]
-    return Bars(*columns, console=console, transient=True)
+    return [
+        TextColumn("[progress.description]{task.description}"),
+        FitBar(),
+        MofNCompleteColumn(),
+        Rate(),
+        Elapsed(),
+        Eta(),
+        TextColumn("{task.fields[failed]} failed"),
+    ]
 
 
 __all__ = ["ClosedStdout", "Output", "claim_stdout", "results", "silence_stdout"]
