@@ -54,6 +54,7 @@ class Moondream:
         self.files = self.model.files
         self.engine = self.model.engine
         self._lock = threading.Lock()
+        self._yes_no: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def describe(
         self,
@@ -95,6 +96,23 @@ class Moondream:
             # Same pixels as last time: the encoded image prefix is reused.
             self.engine.set_image(pixels, key=pixels)
             return self.engine.ask(question, sampling, on_text)
+
+    def score(self, image: ImageSource | Pixels, query: str, *, question: bool = False) -> float:
+        """The model's probability (0–1) that ``image`` shows ``query`` ("a receipt"), as
+        ``mdream grep`` scores it: of a yes against a no to the query's yes/no question
+        (``question=True``: ``query`` is that question, asked as written). A probability of
+        the model, not a calibrated truth."""
+        from .loader import yes_no_tokens
+        from .prompts import grep_question
+
+        if not isinstance(query, str) or not query.strip():
+            raise UsageError(
+                "the query is empty" if isinstance(query, str) else "the query is text"
+            )
+        if self._yes_no is None:
+            self._yes_no = yes_no_tokens(self.engine)
+        asked = query if question else grep_question(query)
+        return float(self.ask(image, asked, sampling=Sampling(max_tokens=1, yes_no=self._yes_no)))
 
     def load(self, image: ImageSource) -> Pixels:
         """``image`` decoded, stripped and fitted to the projector as the engine will use it."""

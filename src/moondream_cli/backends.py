@@ -90,6 +90,7 @@ class LocalBackend:
             # One image never needs KV caches for sequences that would not be used.
             batch=1 if job.one_image else None,
             seq_tokens=job.seq_tokens(sampling.max_tokens),
+            scoring=job.scoring,
         ) as model:
             hooks.started()
             results = answer_inputs(

@@ -106,6 +106,7 @@ class Job:
     settings: Settings
     max_tokens: int
     constraint: Constraint | None = None
+    scoring: bool = False  # answers are the probability of yes (`mdream grep`)
 
     def __post_init__(self) -> None:
         for rule in RULES:

@@ -230,14 +230,15 @@ SETTINGS_FIELD: dict[type, str] = {
 F = TypeVar("F", bound=Callable[..., None])
 
 
-def with_groups(*groups: type) -> Callable[[F], F]:
+def with_groups(*groups: type, replace: dict[str, Any] | None = None) -> Callable[[F], F]:
     """Give the command the options of ``groups``, each group in its own ``--help`` panel;
-    it receives them as ``settings``.
+    it receives them as ``settings``. ``replace`` gives a field another option, by name.
 
     The command declares a keyword-only ``settings: Settings`` parameter; Typer sees, in its
     place, one option per field of each group (defaults from the dataclasses).
     """
     chosen = list(groups)
+    replace = replace or {}
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -246,7 +247,8 @@ def with_groups(*groups: type) -> Callable[[F], F]:
         for group in chosen:
             spec = GROUPS[group]
             for f in dataclasses.fields(group):
-                annotation = _in_panel(spec.options[f.name], spec.panel)
+                # A command may spell a field's option its own way (grep's -v is not --verbose).
+                annotation = _in_panel(replace.get(f.name, spec.options[f.name]), spec.panel)
                 added.append(
                     inspect.Parameter(
                         f.name,

@@ -8,6 +8,7 @@ next. The single path uses slot 0; continuous batching runs every slot at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ class Slot:
         self.token = 0  # the last token sampled, to feed at ``pos``
         self.tokens = 0  # tokens sampled for the answer, the one that ended it included
         self.text: str | None = None  # the answer, once it has ended
+        self.yes_no: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # scoring
 
     @property
     def free(self) -> bool:
@@ -112,6 +114,7 @@ class Slot:
             ban_eos=sampling.fixed_length,
         )
         self.stream = TextStream(sampling, model.piece, model.is_eog, on_text)
+        self.yes_no = sampling.yes_no
         self.prompt, self.limit = prompt, limit
         self.pos, self.tokens, self.text = self.prefix_len, 0, None
 
@@ -122,8 +125,13 @@ class Slot:
 
     def sample(self, context: native.Context) -> bool:
         """Sample the next token from row ``row`` of the last decode; True once the answer
-        has ended (its text is then in ``text``)."""
+        has ended (its text is then in ``text``). A scoring question ends at once, its text
+        the probability of yes (``Sampling.yes_no``)."""
         assert self.sampler is not None and self.stream is not None
+        if self.yes_no is not None:
+            self.drop()
+            self.text = f"{yes_probability(context.logits(self.row), *self.yes_no):.6f}"
+            return True
         token = self.sampler.sample(context, self.row)
         self.tokens += 1
         if self.stream.push(token) or self.tokens >= self.limit:
@@ -156,3 +164,14 @@ class Slot:
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
+
+
+def yes_probability(logits: memoryview, yes: tuple[int, ...], no: tuple[int, ...]) -> float:
+    """P(yes) / (P(yes) + P(no)) from next-token ``logits``: the softmax's normaliser
+    cancels, so only the yes and no tokens' logits are read."""
+    row = logits.cast("B").cast("f")  # ctypes' '<f' rows index as plain floats
+    values = {i: float(row[i]) for i in (*yes, *no)}
+    top = max(values.values())
+    weight = {i: math.exp(v - top) for i, v in values.items()}
+    p_yes = sum(weight[i] for i in yes)
+    return p_yes / (p_yes + sum(weight[i] for i in no))
