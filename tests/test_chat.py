@@ -172,6 +172,8 @@ def test_a_chat_session_writes_no_file(tiny_model: Path, photo: Path, tmp_path: 
 
     if syscall_audit.missing_tools():
         pytest.fail(f"needs {syscall_audit.missing_tools()}: make test installs them")
+    # Bytecode as an installed package has it: a module compiled now would be a finding.
+    assert syscall_audit.precompile(ROOT / "src" / "moondream_cli")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     command = [sys.executable, "-m", "moondream_cli", "chat", str(photo), "-m", str(tiny_model)]

@@ -205,7 +205,6 @@ def answer_paths(
     ...     print(record.path, record.answer or record.error)
     """
     from .backends import Hooks, backend_for
-    from .inputs import expand
     from .job import Job
 
     settings = settings or Settings()
@@ -217,25 +216,15 @@ def answer_paths(
         job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
     backend = backend_for(settings)
     backend.preflight(job)
-    listing = job.open_list()
-    try:
-        sources = expand(
-            job.inputs,
-            recursive=settings.inputs.recursive,
-            files_from=listing,
-            null=settings.inputs.null,
-        )
-        # The caller's own prints on stdout must not be taken for a backend's notices.
-        hooks = Hooks(note=note or _to_stderr, notices=False)
+    # The caller's own prints on stdout must not be taken for a backend's notices.
+    hooks = Hooks(note=note or _to_stderr, notices=False)
+    with job.sources() as sources:
         results = backend.results(job, sources, hooks)
         try:
             for result in results:
                 yield from result.records
         finally:
             results.close()
-    finally:
-        if listing is not None and listing is not sys.stdin.buffer:
-            listing.close()
 
 
 def _to_stderr(text: str) -> None:

@@ -17,17 +17,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import interrupt
 from .errors import OutputError
-from .job import Job
 from .progress import Progress
 from .records import escape, escape_line
+
+if TYPE_CHECKING:  # the job's module loads Pillow: not for `mdream --help`
+    from .job import Job
 
 
 class GrepFormat(str, Enum):
@@ -84,18 +85,12 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
     """Score every input of ``job`` (its questions are the queries' questions, its
     ``scoring`` on) and print what ``policy`` asks for; errors go to ``progress``."""
     from .backends import Hooks, backend_for
-    from .inputs import expand
 
-    s = job.settings
     outcome = GrepOutcome()
-    listing = job.open_list()
-    try:
-        sources = expand(
-            job.inputs, recursive=s.inputs.recursive, files_from=listing, null=s.inputs.null
-        )
+    with job.sources() as sources:
         progress.start("images", None, unit="images")
         try:
-            results = backend_for(s).results(job, sources, Hooks(note=progress.info))
+            results = backend_for(job.settings).results(job, sources, Hooks(note=progress.info))
             try:
                 hits = _hits(results, outcome, progress)
                 _print(hits if not policy.ranked else _ranked(hits, policy), policy, out, outcome)
@@ -103,9 +98,6 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
                 results.close()
         finally:
             progress.finish()
-    finally:
-        if listing is not None and listing is not sys.stdin.buffer:
-            listing.close()
     return outcome
 
 

@@ -151,17 +151,7 @@ class Engine:
         """Answer ``question`` about the current image; ``on_text`` receives streamed text."""
         rt, slot = self._rt, self._image_slot()
         rt.stage_question(slot, question, sampling or Sampling(), on_text=on_text)
-        try:
-            rt.decode_prompts([slot])
-            while not slot.sample(rt.context):
-                self.last_tokens = slot.tokens
-                rt.decode_step([slot])
-        finally:
-            slot.drop()
-        self.last_tokens = slot.tokens
-        text, slot.text = slot.text, None
-        assert text is not None
-        return text
+        return self._answer(slot)
 
     def continue_image(
         self,
@@ -184,16 +174,22 @@ class Engine:
         rt.context.remove(slot.seq, start)
         slot.ask(rt.model, tokens, min(sampling.max_tokens, room), sampling, on_text)
         slot.pos = start
+        return self._answer(slot), [*tokens, *slot.fed]
+
+    def _answer(self, slot: Slot) -> str:
+        """Evaluate the question staged in ``slot`` and sample its answer to the end."""
+        rt = self._rt
         try:
             rt.decode_prompts([slot])
             while not slot.sample(rt.context):
+                self.last_tokens = slot.tokens
                 rt.decode_step([slot])
         finally:
             slot.drop()
         self.last_tokens = slot.tokens
         text, slot.text = slot.text, None
         assert text is not None
-        return text, [*tokens, *slot.fed]
+        return text
 
     def trace_logits(
         self, question: str, steps: int, choose: Callable[[memoryview], int]
