@@ -29,6 +29,7 @@ from .records import escape, escape_line
 
 if TYPE_CHECKING:  # the job's module loads Pillow: not for `mdream --help`
     from .job import Job
+    from .runner import ImageResult
 
 
 class GrepFormat(str, Enum):
@@ -101,9 +102,11 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
     return outcome
 
 
-def _hits(results: Iterable[object], outcome: GrepOutcome, progress: Progress) -> Iterator[Hit]:
+def _hits(
+    results: Iterable[ImageResult], outcome: GrepOutcome, progress: Progress
+) -> Iterator[Hit]:
     for result in results:
-        records = getattr(result, "records", [])
+        records = result.records
         outcome.seen += 1
         bad = [r for r in records if not r.ok]
         if bad:

@@ -53,8 +53,7 @@ def chat_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="The image to talk about ('-': its bytes on stdin is not "
-            "possible here: stdin carries the questions).",
+            help="The image to talk about: a file (stdin carries the questions).",
             metavar="IMAGE",
         ),
     ],
@@ -186,8 +185,8 @@ def _piped(
     from ..records import escape
 
     failed = 0
-    for turn, raw in enumerate(sys.stdin, start=1):
-        question = raw.strip()
+    for turn, raw in enumerate(sys.stdin.buffer, start=1):
+        question = raw.decode("utf-8", errors="replace").strip()
         if not question:
             continue
         error: str | None = None
