@@ -57,6 +57,10 @@ class RayBackend:
     def preflight(self, job: Job) -> None:
         """The cluster answers at its address: one TCP connection, nothing sent, before the
         guard is on. Ray itself would retry for minutes, printing only its own lines."""
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:  # what is missing here comes first
+            raise UsageError(f"--ray needs the Ray extra: {INSTALL}")
         address = job.settings.cluster.ray or ""
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
