@@ -167,7 +167,7 @@ def answer_paths(
         job = Job(tuple(inputs), asked, settings, ASK_MAX_TOKENS)
     else:
         task = describe_task()
-        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens, style=Style.CAPTION)
     backend = backend_for(settings)
     backend.preflight(job)
     listing = job.open_list()
