@@ -222,3 +222,15 @@ def test_an_empty_sidecar_holds_nothing_to_keep_and_a_caption_fills_it(tmp_path:
     assert sidecars.done(str(tmp_path / "e.jpg")) is False and sidecars.written == 1
     assert XmpSidecars().done(str(tmp_path / "d.jpg"))  # a caption now: a later run skips it
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_without_the_xmp_library_the_run_stops_first_with_the_install_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setattr(packet, "_ready", [])
+    monkeypatch.setitem(sys.modules, "exiv2", None)  # what `import exiv2` meets uninstalled
+    with pytest.raises(UsageError, match=r"pip install 'mdream\[xmp\]'") as caught:
+        XmpSidecars()
+    assert caught.value.exit_code == 2
