@@ -234,3 +234,15 @@ def test_without_the_xmp_library_the_run_stops_first_with_the_install_line(
     with pytest.raises(UsageError, match=r"pip install 'mdream\[xmp\]'") as caught:
         XmpSidecars()
     assert caught.value.exit_code == 2
+
+
+def test_a_broken_sidecar_is_the_images_error_naming_the_file_and_stays_as_it_was(
+    tmp_path: Path,
+) -> None:
+    broken = b'<?xml version="1.0"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>'
+    (tmp_path / "f.jpg.xmp").write_bytes(broken)
+    with pytest.raises(InputError, match=r"f\.jpg\.xmp: not an XMP sidecar exiv2 can read"):
+        XmpSidecars().done(str(tmp_path / "f.jpg"))
+    with pytest.raises(InputError, match=r"f\.jpg\.xmp"):
+        XmpSidecars(stamp=STAMP).write(str(tmp_path / "f.jpg"), "A fox.")
+    assert (tmp_path / "f.jpg.xmp").read_bytes() == broken

@@ -48,8 +48,11 @@ def read(data: bytes, keys: Iterable[str]) -> Fields:
     """The properties ``keys`` of the XMP packet ``data`` (those it has)."""
     with _LOCK, _collected() as errors:
         exiv2 = _exiv2()
-        image = _open(exiv2, data, errors)
-        return _fields(exiv2, image.xmpData(), set(keys))
+        try:
+            image = _open(exiv2, data, errors)
+            return _fields(exiv2, image.xmpData(), set(keys))
+        except exiv2.Exiv2Error as exc:
+            raise XmpError(f"exiv2 could not read this sidecar ({exc.message})") from None
 
 
 def update(data: bytes | None, changes: Fields) -> bytes:
@@ -57,16 +60,19 @@ def update(data: bytes | None, changes: Fields) -> bytes:
     it was, serialized as UTF-8."""
     with _LOCK, _collected() as errors:
         exiv2 = _exiv2()
-        if data:
-            image = _open(exiv2, data, errors)
-        else:
-            image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
-        xmp = image.xmpData()
-        for key, value in changes.items():
-            _set(exiv2, xmp, key, value)
-        image.writeMetadata()
+        try:
+            if data:
+                image = _open(exiv2, data, errors)
+            else:
+                image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
+            xmp = image.xmpData()
+            for key, value in changes.items():
+                _set(exiv2, xmp, key, value)
+            image.writeMetadata()
+        except exiv2.Exiv2Error as exc:
+            raise XmpError(f"exiv2 could not write this sidecar ({exc.message})") from None
         if errors:
-            raise XmpError(f"exiv2 could not write the XMP: {errors[0]}")
+            raise XmpError(f"exiv2 could not write this sidecar ({errors[0]})")
         return bytes(image.io().data())
 
 

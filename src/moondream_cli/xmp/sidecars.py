@@ -69,7 +69,7 @@ class XmpSidecars:
         read or written, so that no inference is spent on it."""
         path = self._claim(image)
         data = _read(path)
-        fields = packet.read(data, rules.KEYS) if data else {}
+        fields = _fields(path, data)
         if not self.overwrite and rules.is_done(fields, tags=self.tags):
             return True
         if data is not None and _read_only(path):
@@ -86,7 +86,7 @@ class XmpSidecars:
         if before is not None and _read_only(path):
             raise InputError(f"its XMP sidecar {path} is read-only: mdream leaves it alone")
         data = _read(path)
-        fields = packet.read(data, rules.KEYS) if data else {}
+        fields = _fields(path, data)
         if self.tags:
             wanted = rules.Update(keywords=rules.keywords(answer), root=self.root)
         else:
@@ -97,7 +97,10 @@ class XmpSidecars:
             if not self.tags and shown.strip() and shown != rules.caption_text(answer):
                 self.kept += 1  # someone else's caption, and no --overwrite
             return
-        text = packet.update(data, changes).decode("utf-8")
+        try:
+            text = packet.update(data, changes).decode("utf-8")
+        except packet.XmpError as exc:
+            raise InputError(f"its XMP sidecar {path}: {exc.message}") from None
         if _identity(path) != before:
             raise InputError(
                 f"its XMP sidecar {path} changed while mdream merged into it (is another "
@@ -132,6 +135,14 @@ def now() -> str:
     if epoch.isdigit():
         return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds")
     return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _fields(path: Path, data: bytes | None) -> rules.Fields:
+    """What mdream reads of the sidecar ``data`` (from ``path``), or an error naming it."""
+    try:
+        return packet.read(data, rules.KEYS) if data else {}
+    except packet.XmpError as exc:
+        raise InputError(f"its XMP sidecar {path}: {exc.message}") from None
 
 
 def _read_only(path: Path) -> bool:
