@@ -33,12 +33,16 @@ run demo: install
 test: install system-deps
 	$(PY) -m pytest -q
 
-# The privacy tests trace real runs with strace and cut the network with unshare -n; they
-# fail (not skip) without them, so install them from Debian when missing.
+# The privacy tests trace real runs with strace and cut the network with unshare -n; the XMP
+# tests read the sidecars back with ExifTool (what Immich and PhotoPrism run) and the exiv2
+# tool (the library digiKam and darktable use). They fail (not skip) without them, so
+# install them from Debian when missing.
 system-deps:
-	@command -v strace >/dev/null && command -v unshare >/dev/null || { \
+	@command -v strace >/dev/null && command -v unshare >/dev/null && \
+	  command -v exiftool >/dev/null && command -v exiv2 >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace util-linux; }
+	  $$sudo apt-get update -qq && \
+	  $$sudo apt-get install -y -qq strace util-linux libimage-exiftool-perl exiv2; }
 
 # Everything but the tests marked slow (child processes, strace, signals, a cluster, seconds of
 # model work): under 30 s on 2 cores, not minutes.

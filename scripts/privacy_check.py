@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         for check in syscall_audit.CHECKS:
             if args.only and check.name not in args.only:
                 continue
+            if not check.runnable():
+                rows.append((check.name, "skipped", "skipped", f"needs {check.extra}"))
+                continue
             traced_dir = syscall_audit.write_inputs(Path(tmp) / check.name / "traced", pictures)  # type: ignore[arg-type]
             offline_dir = syscall_audit.write_inputs(Path(tmp) / check.name / "offline", pictures)  # type: ignore[arg-type]
             command = [
@@ -111,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"$ mdream {shlex.join(check.args)}   (strace, then unshare -n)")
             start = time.perf_counter()
             allow = [str(traced_dir / p) for p in check.outputs]
+            run_env = {**env, **dict(check.env)}
             traced = syscall_audit.traced(
-                command, env=env, cwd=traced_dir, allow=allow, stdin=check.stdin
+                command, env=run_env, cwd=traced_dir, allow=allow, stdin=check.stdin
             )
-            offline = syscall_audit.offline(command, env=env, cwd=offline_dir, stdin=check.stdin)
+            offline = syscall_audit.offline(
+                command, env=run_env, cwd=offline_dir, stdin=check.stdin
+            )
             seconds = time.perf_counter() - start
             notes = []
             if traced.returncode != 0 or offline.returncode != 0:

@@ -10,7 +10,8 @@ import pytest
 
 from moondream_cli.errors import EXIT_USAGE, UsageError
 from moondream_cli.job import RULES, Job
-from moondream_cli.records import Format
+from moondream_cli.prompts import Style
+from moondream_cli.records import Format, SidecarName
 from moondream_cli.settings import (
     ClusterOptions,
     InputOptions,
@@ -29,7 +30,8 @@ CASES: list[tuple[dict[str, Any], str]] = [
         {"inputs": ("-",), "settings": Settings(inputs=In(files_from="-"))},
         "stdin cannot hold both an image and the --files-from list",
     ),
-    ({"settings": Settings(outputs=Out(overwrite=True))}, "only apply with --sidecar"),
+    ({"settings": Settings(outputs=Out(overwrite=True))}, "only apply with --sidecar or --xmp"),
+    ({"settings": Settings(outputs=Out(ext=".cap"))}, "--ext only applies with --sidecar"),
     (
         {"inputs": ("-",), "settings": Settings(outputs=Out(sidecar=True))},
         "--sidecar needs image files",
@@ -43,6 +45,12 @@ CASES: list[tuple[dict[str, Any], str]] = [
         {"settings": Settings(outputs=Out(sidecar=True, ext="jpg"))},
         "--ext jpg is an image suffix",
     ),
+    (
+        {"settings": Settings(outputs=Out(sidecar=True, ext="xmp"))},
+        "--ext .xmp would write plain text over XMP sidecars",
+    ),
+    ({"settings": Settings(outputs=Out(xmp=True))}, "--xmp writes what describe makes"),
+    ({"settings": Settings(outputs=Out(xmp_tag_root="AI"))}, "--xmp-tag-root only applies"),
     ({"settings": Settings(cluster=Cl(workers=2))}, "--workers and --unordered only apply"),
     (
         {"inputs": ("-",), "settings": Settings(cluster=Cl(ray="h:1"))},
@@ -83,3 +91,15 @@ def test_the_same_options_in_a_valid_combination_are_accepted() -> None:
     ]
     for settings in ok:
         assert replace(VALID, settings=settings).settings == settings
+    xmp = Settings(
+        outputs=Out(xmp=True, overwrite=True, sidecar_name=SidecarName.FULL, xmp_tag_root="AI/md")
+    )
+    assert replace(VALID, settings=xmp, style=Style.TAGS).settings == xmp
+    both = Settings(outputs=Out(sidecar=True, xmp=True, sidecar_name=SidecarName.STEM))
+    assert replace(VALID, settings=both, style=Style.CAPTION).settings == both
+
+
+def test_a_tag_root_that_names_no_tag_is_refused_by_the_settings_themselves() -> None:
+    for root in ("", "AI//mdream", " | ", "a\nb"):
+        with pytest.raises(UsageError, match="--xmp-tag-root must name a tag"):
+            Out(xmp=True, xmp_tag_root=root)

@@ -78,6 +78,8 @@ def _mdream(*args: str, answers: bool = True) -> list[str]:
 def test_no_socket_no_write_and_same_output_without_network(
     check: syscall_audit.Check, tmp_path: Path, child_env: dict[str, str]
 ) -> None:
+    assert check.runnable(), f"{check.extra} is missing: make install (the dev extra has it)"
+    child_env = {**child_env, **dict(check.env)}
     traced_dir, offline_dir = _inputs(tmp_path / "traced"), _inputs(tmp_path / "offline")
     before = syscall_audit.tree(traced_dir)
     allow = [str(traced_dir / pattern) for pattern in check.outputs]

@@ -213,7 +213,7 @@ def answer_paths(
         job = Job(tuple(inputs), asked, settings, ASK_MAX_TOKENS)
     else:
         task = describe_task()
-        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+        job = Job(tuple(inputs), (task.question,), settings, task.max_tokens, style=Style.CAPTION)
     backend = backend_for(settings)
     backend.preflight(job)
     # The caller's own prints on stdout must not be taken for a backend's notices.

@@ -11,6 +11,7 @@ reported through ``progress.error`` one line each, and the run goes on.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, TextIO
 
 from .job import Job
@@ -20,6 +21,7 @@ from .sink import Outcome, Sink
 
 if TYPE_CHECKING:
     from .resume import Resumed
+    from .xmp.sidecars import XmpSidecars
 
 
 def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
@@ -36,13 +38,14 @@ def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
     render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
     stream = job.single and fmt is Format.TEXT and out.isatty() and s.cluster.ray is None
     resumed = _resumed(job, out)
-    sink = Sink(s.outputs, out, render, stream, progress, resumed)
+    xmp = _xmp_sidecars(job)
+    sink = Sink(s.outputs, out, render, stream, progress, resumed, xmp)
     with job.sources(tally=sink.tally) as sources:
         if not job.one_image:  # one image: its answer is its progress
             progress.start("images", None, unit="images")
         hooks = Hooks(
             skip=sink.skip,
-            started=lambda: _started(job, sink, progress),
+            started=lambda model: _started(job, sink, progress, model),
             note=progress.info,
             on_text=sink.stream_text if stream else None,
         )
@@ -76,8 +79,29 @@ def _resumed(job: Job, out: TextIO) -> Resumed | None:
     return read_resumed(job.settings.outputs.resume, job.questions, fd)
 
 
-def _started(job: Job, sink: Sink, progress: Progress) -> None:
-    """The model is ready: count the inputs for the bar, write the header."""
+def _xmp_sidecars(job: Job) -> XmpSidecars | None:
+    """With --xmp, what writes the XMP sidecars: made before the model loads, so that a
+    missing XMP library is said at once."""
+    from .prompts import Style
+    from .xmp.rules import Stamp, tag_path
+    from .xmp.sidecars import XmpSidecars, now
+
+    o = job.settings.outputs
+    if not o.xmp:
+        return None
+    return XmpSidecars(
+        naming=o.sidecar_name,
+        tags=job.style is Style.TAGS,
+        root=tag_path(o.xmp_tag_root),
+        overwrite=o.overwrite,
+        stamp=Stamp("", now()),
+    )
+
+
+def _started(job: Job, sink: Sink, progress: Progress, model: str) -> None:
+    """The model (named ``model``) is ready: count the inputs for the bar, write the header."""
+    if sink.xmp is not None:
+        sink.xmp.stamp = replace(sink.xmp.stamp, model=model)
     _count_in_background(job, progress)
     sink.header()
 

@@ -44,9 +44,9 @@ class Tally:
 
     not_images: int = 0  # files whose extension or first bytes are not an image's
     broken_links: int = 0  # symbolic links to nothing, skipped
-    # With sidecars: the name of an image's sidecar (``a.jpg`` → ``a.txt``); the sidecars
-    # beside a folder's images are the run's own, not files left out.
-    sidecar_of: Callable[[str], str] | None = None
+    # With sidecars: the names of an image's sidecars (``a.jpg`` → ``a.txt``, ``a.jpg.xmp``);
+    # the sidecars beside a folder's images are the run's own, not files left out.
+    sidecars_of: Callable[[str], Iterable[str]] | None = None
 
 
 def expand(
@@ -184,7 +184,8 @@ def _walk(
             yield Source(path)
         else:
             others.append(entry.name)
-    ours = {tally.sidecar_of(name) for name in images} if tally.sidecar_of else set()
+    of = tally.sidecars_of
+    ours = {sidecar for name in images for sidecar in of(name)} if of else set()
     tally.not_images += sum(1 for name in others if name not in ours)
     for sub in subdirs:
         yield from _walk(sub, recursive, visited, tally)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UsageError
 from .images import EXTENSIONS
-from .records import Format, SidecarName, normalize_ext
+from .prompts import Style
+from .records import XMP_EXT, Format, normalize_ext
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -55,17 +56,21 @@ RULES: tuple[Rule, ...] = (
     Rule(
         lambda j: (
             not j.settings.outputs.sidecar
-            and (
-                j.settings.outputs.overwrite
-                or j.settings.outputs.ext != ".txt"
-                or j.settings.outputs.sidecar_name is not SidecarName.STEM
-            )
+            and not j.settings.outputs.xmp
+            and (j.settings.outputs.overwrite or j.settings.outputs.sidecar_name is not None)
         ),
-        _says("--overwrite, --ext and --sidecar-name only apply with --sidecar"),
+        _says("--overwrite and --sidecar-name only apply with --sidecar or --xmp"),
     ),
     Rule(
-        lambda j: j.settings.outputs.sidecar and "-" in j.inputs,
-        _says("--sidecar needs image files: an image from stdin has nowhere to go"),
+        lambda j: not j.settings.outputs.sidecar and j.settings.outputs.ext != ".txt",
+        _says("--ext only applies with --sidecar (XMP sidecars are .xmp)"),
+    ),
+    Rule(
+        lambda j: (j.settings.outputs.sidecar or j.settings.outputs.xmp) and "-" in j.inputs,
+        lambda j: (
+            f"{'--sidecar' if j.settings.outputs.sidecar else '--xmp'} needs image files: "
+            "an image from stdin has nowhere to go"
+        ),
     ),
     Rule(
         lambda j: j.settings.outputs.sidecar and len(j.questions) > 1,
@@ -77,6 +82,18 @@ RULES: tuple[Rule, ...] = (
         lambda j: (
             f"--ext {j.settings.outputs.ext} is an image suffix: a sidecar never replaces an image"
         ),
+    ),
+    Rule(
+        lambda j: j.settings.outputs.sidecar and j.ext.lower() == XMP_EXT,
+        _says("--ext .xmp would write plain text over XMP sidecars: use --xmp for those"),
+    ),
+    Rule(
+        lambda j: j.settings.outputs.xmp and j.style is None,
+        _says("--xmp writes what describe makes (a caption, or --style tags' keywords)"),
+    ),
+    Rule(
+        lambda j: not j.settings.outputs.xmp and j.settings.outputs.xmp_tag_root != "mdream",
+        _says("--xmp-tag-root only applies with --xmp"),
     ),
     Rule(
         lambda j: (
@@ -100,7 +117,9 @@ RULES: tuple[Rule, ...] = (
 class Job:
     """What to run over, what to ask, and how; usage errors (exit 2) are raised on creation.
 
-    ``max_tokens`` is the answer length when the settings set none (the question's own).
+    ``max_tokens`` is the answer length when the settings set none (the question's own);
+    ``style`` is what describe asks for (a caption or tags; None for questions of the
+    user's own), which says what ``--xmp`` writes.
     """
 
     inputs: tuple[str, ...]
@@ -109,6 +128,7 @@ class Job:
     max_tokens: int
     constraint: Constraint | None = None
     scoring: bool = False  # answers are the probability of yes (`mdream grep`)
+    style: Style | None = None  # describe's: a caption or tags
 
     def __post_init__(self) -> None:
         for rule in RULES:
@@ -117,10 +137,10 @@ class Job:
 
     @property
     def fmt(self) -> Format | None:
-        """What stdout gets: with --sidecar the answers' home is the sidecars, stdout only
-        on request."""
+        """What stdout gets: with --sidecar or --xmp the answers' home is the sidecars,
+        stdout only on request."""
         outputs = self.settings.outputs
-        if outputs.fmt is None and not outputs.sidecar:
+        if outputs.fmt is None and not outputs.sidecar and not outputs.xmp:
             return Format.TEXT
         return outputs.fmt
 

@@ -32,6 +32,18 @@ class SidecarName(str, Enum):
     FULL = "full"
 
 
+XMP_EXT = ".xmp"
+
+
+def sidecar_naming(ext: str, naming: SidecarName | None) -> SidecarName:
+    """``--sidecar-name`` as given, else each kind's own default: ``full`` for XMP sidecars
+    (``a.jpg.xmp``, the name digiKam, darktable and Immich look for first), ``stem`` for the
+    others (``a.txt``)."""
+    if naming is not None:
+        return naming
+    return SidecarName.FULL if ext == XMP_EXT else SidecarName.STEM
+
+
 class Format(str, Enum):
     """How records are written to stdout."""
 
@@ -188,12 +200,12 @@ def normalize_ext(ext: str) -> str:
 
 
 def sidecar_path(
-    image: str | os.PathLike[str], ext: str, naming: SidecarName = SidecarName.STEM
+    image: str | os.PathLike[str], ext: str, naming: SidecarName | None = None
 ) -> Path:
     """``photos/cat.jpg`` → ``photos/cat.txt``, or with ``full`` naming
-    ``photos/cat.jpg.txt``."""
+    ``photos/cat.jpg.txt`` (no naming: :func:`sidecar_naming`'s default for ``ext``)."""
     path = Path(image)
-    if naming is SidecarName.FULL:
+    if sidecar_naming(ext, naming) is SidecarName.FULL:
         return path.with_name(path.name + ext)
     return path.with_suffix(ext)
 
@@ -211,13 +223,16 @@ _FILE_MODE = 0o666 & ~_umask()
 _FATAL = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, durable: bool = False, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
 
     The text goes to a temporary file in the same folder, which then replaces ``path``
     (``os.replace`` is atomic within a filesystem, and replaces a link rather than writing
     through it). Failed or interrupted, the temporary file is removed. A failure that every
-    further write would meet too (a full or read-only disk) is an OutputError.
+    further write would meet too (a full or read-only disk) is an OutputError. ``durable``
+    flushes the new file to the disk before the rename, so that even a power cut leaves the
+    old file or the new one (for files that hold more than mdream's answer: XMP sidecars);
+    ``mode`` is the new file's permissions (default: 0666 less the umask).
     """
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -227,7 +242,9 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE)
+            os.fchmod(f.fileno(), _FILE_MODE if mode is None else mode)
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

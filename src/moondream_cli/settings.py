@@ -53,10 +53,18 @@ class OutputOptions:
     fmt: Format | None = None  # None: text, or nothing on stdout with --sidecar
     sidecar: bool = False  # each answer in a file beside its image
     ext: str = ".txt"  # the sidecar suffix
-    sidecar_name: SidecarName = SidecarName.STEM  # a.txt, or a.jpg.txt (full)
+    # a.txt / a.xmp (stem) or a.jpg.txt / a.jpg.xmp (full); None: stem for .txt, full for XMP
+    sidecar_name: SidecarName | None = None
+    xmp: bool = False  # the caption (or --style tags' keywords) into the image's XMP sidecar
+    xmp_tag_root: str = "mdream"  # the tag mdream's keywords sit under (a/b for a deeper one)
     overwrite: bool = False  # replace existing sidecars instead of skipping their images
     fail_fast: bool = False  # stop at the first input that fails
     resume: str | None = None  # an earlier --format jsonl output: skip what it answered
+
+    def __post_init__(self) -> None:
+        from .xmp.rules import tag_path
+
+        tag_path(self.xmp_tag_root)  # a usage error for a root that names no tag
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Where one run's results go: stdout, sidecars beside their images, progress and notes.
+"""Where one run's results go: stdout, sidecars beside their images (text, and XMP for photo
+managers: :mod:`.xmp`), progress and notes.
 
 Every record lands whole or not at all (one write each, flushed, inside
 ``interrupt.shielded()``). Sidecars are checked before their image is decoded, so a folder
@@ -30,6 +31,7 @@ from .records import (
     escape_controls,
     escape_line,
     normalize_ext,
+    sidecar_naming,
     sidecar_path,
     write_atomic,
 )
@@ -38,6 +40,7 @@ from .settings import OutputOptions
 if TYPE_CHECKING:
     from .resume import Resumed
     from .runner import ImageResult
+    from .xmp.sidecars import XmpSidecars
 
 
 @dataclass
@@ -46,14 +49,14 @@ class Outcome:
 
     seen: int = 0
     failed: int = 0  # inputs with a failed record
-    skipped: int = 0  # inputs skipped: their sidecar existed, or --resume's file answered them
+    skipped: int = 0  # inputs skipped: their sidecars were done, or --resume's file answered them
     stopped: bool = False  # --fail-fast ended it early
-    sidecars: int = 0  # sidecars written
+    sidecars: int = 0  # text sidecars written
 
 
 class Sink:
     """Records to ``out``, sidecars beside their images, one progress step per input, as
-    the output ``policy`` (the settings' output group) says."""
+    the output ``policy`` (the settings' output group) says; XMP sidecars through ``xmp``."""
 
     def __init__(
         self,
@@ -63,18 +66,23 @@ class Sink:
         stream: bool,
         progress: Progress,
         resumed: Resumed | None = None,
+        xmp: XmpSidecars | None = None,
     ) -> None:
         self.policy, self.out, self.render, self.stream = policy, out, render, stream
         self.progress = progress
         self.resumed = resumed
+        self.xmp = xmp
         self.outcome = Outcome()
         self.mid_line = False  # a streamed answer is on stdout without its line end
         self.tally = Tally()  # what walking folders left out; filled by inputs.expand
-        if policy.sidecar:
-            ext, naming = normalize_ext(policy.ext), policy.sidecar_name
-            self.tally.sidecar_of = lambda name: sidecar_path(name, ext, naming).name
         self.planned: dict[str, str] = {}  # sidecar (real path) → the image it is for
         self.ext = normalize_ext(policy.ext)
+        if policy.sidecar or xmp is not None:
+            self.tally.sidecars_of = self._sidecar_names
+
+    def _sidecar_names(self, image: str) -> tuple[str, ...]:
+        text = (sidecar_path(image, self.ext, self.policy.sidecar_name).name,)
+        return (text if self.policy.sidecar else ()) + (self.xmp.names(image) if self.xmp else ())
 
     def header(self) -> None:
         if self.render is not None:
@@ -115,18 +123,23 @@ class Sink:
         return self.exists(source)
 
     def exists(self, source: Source) -> bool:
-        """Before the image is decoded: True to skip it (its sidecar is there and may not be
-        replaced); InputError when its sidecar could not be written, so no answer is lost."""
-        s = self.policy
-        if not s.sidecar or source.error is not None:
+        """Before the image is decoded: True to skip it (each of its sidecars is done: the
+        text one is there, the XMP one has what this run would write, and may not be
+        redone); InputError when a sidecar could not be written, so no answer is lost."""
+        if source.error is not None or not (self.policy.sidecar or self.xmp is not None):
             return False
+        done = self._text_done(source) if self.policy.sidecar else True
+        return self.xmp.done(source.label) and done if self.xmp is not None else done
+
+    def _text_done(self, source: Source) -> bool:
+        s = self.policy
         path = sidecar_path(source.label, self.ext, s.sidecar_name)
         key = os.path.realpath(path)
         if key == os.path.realpath(source.label):
             raise InputError(f"the {self.ext} sidecar would replace the image itself; use --ext")
         if key in self.planned:
             other = escape_controls(self.planned[key])
-            if s.sidecar_name is SidecarName.STEM:
+            if sidecar_naming(self.ext, s.sidecar_name) is SidecarName.STEM:
                 full = sidecar_path(source.label, self.ext, SidecarName.FULL).name
                 raise InputError(
                     f"{path} is the sidecar of {other} too: with --sidecar-name full each "
@@ -159,6 +172,8 @@ class Sink:
             records = result.records
             if self.policy.sidecar:
                 records = [self._write_sidecar(r) for r in records]
+            if self.xmp is not None:
+                records = [self._write_xmp(self.xmp, r) for r in records]
             if self.render is not None:
                 if self.stream and records[0].ok:
                     self.text("\n")  # the answer itself was streamed
@@ -189,10 +204,12 @@ class Sink:
             info(f"skipped {n} broken symbolic link{_s(n)} in the folders")
         if outcome.sidecars:
             info(f"wrote {outcome.sidecars} {self.ext} sidecar{_s(outcome.sidecars)}")
+        if self.xmp is not None:
+            self._xmp_notes(self.xmp)
         resumed = self.resumed
         kept = outcome.skipped - (resumed.skipped if resumed else 0)
         if kept:
-            info(f"kept {kept} existing {self.ext} sidecar{_s(kept)} (--overwrite replaces them)")
+            info(self._kept_note(kept))
         if resumed is not None and resumed.cut:
             info(
                 f"cut an unfinished record ({resumed.cut} bytes) off the end of "
@@ -214,11 +231,41 @@ class Sink:
                 "arguments from the same folder (every image was answered again)"
             )
 
+    def _kept_note(self, n: int) -> str:
+        if self.xmp is None:
+            return f"kept {n} existing {self.ext} sidecar{_s(n)} (--overwrite replaces them)"
+        has = "mdream's keywords" if self.xmp.tags else "a caption"
+        both = f"a {self.ext} sidecar and " if self.policy.sidecar else ""
+        return (
+            f"skipped {n} image{_s(n)} with {both}an XMP sidecar that has {has} already "
+            "(--overwrite redoes them)"
+        )
+
+    def _xmp_notes(self, xmp: XmpSidecars) -> None:
+        if xmp.written:
+            self.progress.info(f"wrote {xmp.written} XMP sidecar{_s(xmp.written)}")
+        if xmp.kept:
+            self.progress.info(
+                f"left {xmp.kept} caption{_s(xmp.kept)} in XMP sidecars as {_were(xmp.kept)}: "
+                "not mdream's own (--overwrite replaces them)"
+            )
+
+    def _write_xmp(self, xmp: XmpSidecars, record: Record) -> Record:
+        if not record.ok or record.answer is None:
+            return record
+        try:
+            xmp.write(record.path, record.answer)
+        except InputError as exc:
+            return Record(record.path, record.question, None, exc.message, record.elapsed_ms)
+        return record
+
     def _write_sidecar(self, record: Record) -> Record:
         if not record.ok or record.answer is None:
             return record
         path = sidecar_path(record.path, self.ext, self.policy.sidecar_name)
         try:
+            if self.xmp is not None and not self.policy.overwrite and os.path.lexists(path):
+                return record  # kept: the image was answered for its XMP sidecar
             if path.suffix.lower() in EXTENSIONS or _is_image(path):
                 raise InputError(f"{path} is an image: a sidecar never replaces one")
             with interrupt.shielded():  # the sidecar lands whole, or not at all
@@ -240,3 +287,7 @@ def _is_image(path: os.PathLike[str]) -> bool:
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
+
+
+def _were(n: int) -> str:
+    return "it was" if n == 1 else "they were"

@@ -38,6 +38,14 @@ class Check:
     outputs: tuple[str, ...] = ()  # globs, relative to the folder: files the user asked for
     stdin: bytes = b""  # what the command reads on stdin (chat's questions)
     answers: bool = True  # it writes answers (takes --max-tokens); grep only scores
+    env: tuple[tuple[str, str], ...] = ()  # set for the run (both runs' files must match)
+    extra: str | None = None  # a module of an optional extra the check needs
+
+    def runnable(self) -> bool:
+        """False when the optional extra it needs is not installed here."""
+        import importlib.util
+
+        return self.extra is None or importlib.util.find_spec(self.extra) is not None
 
 
 # Relative paths, so stdout can be compared between two copies of the inputs.
@@ -57,6 +65,14 @@ CHECKS = (
         answers=False,
     ),
     Check("chat", ("chat", "a.jpg"), stdin=b"What is it?\nWhat colour is it?\n"),
+    # XMP sidecars note their date: fixed, so that the traced and the offline run's match.
+    Check(
+        "folder-xmp",
+        ("describe", "pics", "-r", "--xmp"),
+        outputs=("pics/*.xmp", "pics/.*.xmp.*"),
+        env=(("SOURCE_DATE_EPOCH", "0"),),
+        extra="exiv2",
+    ),
 )
 
 

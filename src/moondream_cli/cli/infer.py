@@ -52,6 +52,8 @@ DESCRIBE_EPILOG = """Examples:
 
   mdream describe --style tags img.png
 
+  mdream describe ~/Pictures -r --xmp --style tags   # keywords into img.jpg.xmp
+
   cat photo.jpg | mdream describe -
 """
 
@@ -103,7 +105,7 @@ def describe(
     if style is Style.TAGS and length is not None:
         raise UsageError("--length applies to captions; --style tags has its own length")
     task = describe_task(style, length or Length.NORMAL)
-    _run(Job(tuple(images or ()), (task.question,), settings, task.max_tokens))
+    _run(Job(tuple(images or ()), (task.question,), settings, task.max_tokens, style=style))
 
 
 def ask(

@@ -68,7 +68,7 @@ OUTPUT_OPTIONS: dict[str, Any] = {
         typer.Option(
             "--format",
             "-f",
-            help="Output format. Default: text; with --sidecar and no --format, none.",
+            help="Output format. Default: text; with --sidecar or --xmp, none.",
             show_default=False,
         ),
     ],
@@ -80,17 +80,38 @@ OUTPUT_OPTIONS: dict[str, Any] = {
         str, typer.Option("--ext", help="Sidecar file suffix. Default: .txt.", metavar="EXT")
     ],
     "sidecar_name": Annotated[
-        SidecarName,
+        SidecarName | None,
         typer.Option(
             "--sidecar-name",
-            help="'stem' (default): a.jpg → a.txt; 'full': a.jpg → a.jpg.txt, so a.jpg and "
-            "a.png in one folder get one each.",
+            help="'stem': a.jpg → a.txt, a.xmp; 'full': a.jpg → a.jpg.txt, a.jpg.xmp (a.jpg "
+            "and a.png in one folder get one each). Default: stem for --sidecar, full for --xmp.",
+            show_default=False,
+        ),
+    ],
+    "xmp": Annotated[
+        bool,
+        flag(
+            "--xmp",
+            help="Merge the caption (with --style tags, the keywords) into each image's XMP "
+            "sidecar, for digiKam, darktable, Immich, PhotoPrism (the 'xmp' extra).",
+        ),
+    ],
+    "xmp_tag_root": Annotated[
+        str,
+        typer.Option(
+            "--xmp-tag-root",
+            help="The tag mdream's keywords sit under (mdream/cat); a/b for a deeper one. "
+            "Default: mdream.",
+            metavar="TAG",
             show_default=False,
         ),
     ],
     "overwrite": Annotated[
         bool,
-        flag("--overwrite", help="Replace existing sidecars (default: keep them, skip the image)."),
+        flag(
+            "--overwrite",
+            help="Replace existing sidecars and XMP captions (default: keep them, skip the image).",
+        ),
     ],
     "fail_fast": Annotated[bool, flag("--fail-fast", help="Stop at the first input that fails.")],
     "resume": Annotated[

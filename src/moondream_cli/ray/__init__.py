@@ -51,7 +51,7 @@ Results = Iterator["ImageResult"]
 class RayBackend:
     """The ``ray`` backend (:mod:`moondream_cli.backends`): every input's
     :class:`ImageResult`, answered on the cluster at ``job.settings.cluster.ray``; the hooks'
-    ``started()`` once the workers are ready, ``note`` for what the user should know, and
+    ``started(model)`` once the workers are ready, ``note`` for what the user should know, and
     with ``notices`` what Ray prints on ``sys.stdout`` meanwhile too (:class:`Notices`)."""
 
     def preflight(self, job: Job) -> None:
@@ -90,8 +90,8 @@ class RayBackend:
         if hooks.notices:
             sys.stdout = link.caught
         try:
-            pool, workers = _start_workers(ray, job, link)
-            hooks.started()
+            pool, workers, model = _start_workers(ray, job, link)
+            hooks.started(model)
             for result in _answers(pool, workers, enumerate(sources), hooks.skip, job, link):
                 link.tell()
                 yield result
@@ -188,8 +188,9 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
-def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
-    """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded."""
+def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, str]:
+    """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded,
+    and the model's name (the first worker's)."""
     from ray.util import ActorPool
 
     from .worker import Worker
@@ -213,12 +214,12 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
     answers = ray.get([actor.ready.remote() for actor in actors])
-    for _, problem in answers:
+    for _, problem, _ in answers:
         if problem is not None:
             raise ModelError(problem)
-    on = len({node for node, _ in answers})
+    on = len({node for node, _, _ in answers})
     link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
-    return ActorPool(actors), count
+    return ActorPool(actors), count, answers[0][2]
 
 
 def _answers(

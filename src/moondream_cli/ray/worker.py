@@ -47,9 +47,10 @@ class Worker:
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"
 
-    def ready(self) -> tuple[str, str | None]:
-        """(the Ray node it runs on, None once the model is loaded, else why it is not)."""
-        return self.node_id, self.problem
+    def ready(self) -> tuple[str, str | None, str]:
+        """(the Ray node it runs on, None once the model is loaded, else why it is not, the
+        model's name)."""
+        return self.node_id, self.problem, self.model.files.name if self.model else ""
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
         """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
