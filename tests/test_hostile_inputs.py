@@ -11,13 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, draw_photo
+from conftest import ROOT, draw_photo, within
 from moondream_cli.engine import Engine, EngineOptions, Sampling
 from moondream_cli.errors import InputError
 from moondream_cli.images import load_image, read_bounded
@@ -26,26 +25,6 @@ from moondream_cli.locate import find_pair
 from moondream_cli.runner import answer_inputs
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
-
-
-def _within(seconds: float, work: Callable[[], object]) -> object:
-    """``work()``'s result, failing (not hanging) the test if it blocks."""
-    box: list[object] = []
-    failed: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:  # handed to the test's thread below
-            failed.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"blocked for more than {seconds} s"
-    if failed:
-        raise failed[0]
-    return box[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +61,15 @@ def test_a_fifo_in_a_folder_neither_blocks_the_walk_nor_the_read(tmp_path: Path)
     folder.mkdir()
     draw_photo().save(folder / "a.jpg")
     os.mkfifo(folder / "b.jpg")  # nobody ever writes to it
-    sources = _within(5, lambda: list(expand([str(folder)])))
+    sources = within(5, lambda: list(expand([str(folder)])))
     assert isinstance(sources, list) and [s.label[-5:] for s in sources] == ["a.jpg", "b.jpg"]
     with pytest.raises(InputError, match=r"not a regular file \(a FIFO\)"):
-        _within(5, lambda: load_image(folder / "b.jpg"))
+        within(5, lambda: load_image(folder / "b.jpg"))
 
 
 def test_a_device_is_refused_without_reading_it() -> None:
     with pytest.raises(InputError, match=r"not a regular file \(a character device\)"):
-        _within(5, lambda: load_image("/dev/zero"))
+        within(5, lambda: load_image("/dev/zero"))
 
 
 def test_a_huge_sparse_file_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import bounded
 from .errors import InputError, UsageError
 
 
@@ -56,10 +56,7 @@ def choices_constraint(choices: list[str]) -> Constraint:
 
 def schema_constraint(path: str | os.PathLike[str]) -> Constraint:
     """The answer is JSON valid against the schema in ``path``; a bad schema is a usage error."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the JSON schema: {exc}", path=str(path)) from exc
+    text = bounded.read_text(path, bounded.SCHEMA)
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -10,16 +10,17 @@ that no metadata (EXIF, XMP, ICC, text chunks, comments) survives. Given the pro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import bounded
 from .errors import InputError
 from .reference import Fit
 
@@ -184,9 +185,9 @@ def _is_heif(source: ImageSource) -> bool:
     head = bytes(source[:12]) if isinstance(source, (bytes, bytearray, memoryview)) else b""
     if isinstance(source, (str, Path)):
         try:
-            with open(source, "rb") as f:
+            with bounded.open_file(source, bounded.IMAGE) as f:
                 head = f.read(12)
-        except OSError:
+        except InputError:
             return False
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
@@ -211,65 +212,54 @@ def _read_source(source: ImageSource, name: str) -> bytes:
         raise
 
 
-_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
-
-
 def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of the regular file at ``path``, refused (InputError) before reading when
-    it is a folder, a FIFO or a device, or larger than ``limit``. Opening never blocks: a
-    FIFO is opened non-blocking, seen to be one, and closed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
-        raise InputError("no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError("is a directory") from exc
-    except PermissionError as exc:
-        raise InputError("permission denied") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError("is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
-            raise InputError(f"not a regular file ({kind})")
-        _check_bytes(st.st_size, limit)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    _check_bytes(len(data), limit)  # it grew while being read
-    return data
+    """The bytes of the regular file at ``path`` (the bounded reader, :mod:`.bounded`),
+    refused before reading when it is a folder, a FIFO or a device, or larger than ``limit``."""
+    return bounded.read_file(path, replace(bounded.IMAGE, limit=limit))
+
+
+# stdin: a pipe or a file; never a terminal or a device (`describe - < /dev/zero`).
+_STDIN = bounded.Kind("an image", MAX_FILE_BYTES, InputError, streams=True)
 
 
 def read_stream(stream: BinaryIO, limit: int = MAX_FILE_BYTES) -> bytes:
-    """An image's bytes from a stream (stdin), at most ``limit`` of them."""
-    try:
-        st = os.fstat(stream.fileno())
-        if stat.S_ISREG(st.st_mode):
-            _check_bytes(st.st_size, limit)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file descriptor: the read below is bounded anyway
-    data = stream.read(limit + 1)
-    _check_bytes(len(data), limit)
-    return data
+    """An image's bytes from a stream (stdin), at most ``limit`` of them. A device is
+    refused unread; bytes that do not start like an image's are refused after the first
+    few, not after ``limit`` of them."""
+    kind = replace(_STDIN, limit=limit)
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        bounded.check_fd(stream.fileno(), kind, None)  # not a real descriptor: read anyway
+    head = stream.read(16)
+    if head and not image_head(head):
+        raise InputError(f"not a supported image (supported: {', '.join(FORMATS)})")
+    out = io.BytesIO()
+    out.write(head)
+    while out.tell() <= limit and (chunk := stream.read(min(1 << 20, limit + 1 - out.tell()))):
+        out.write(chunk)
+    if out.tell() > limit:
+        raise InputError(bounded.too_large(kind, out.tell()))
+    return out.getvalue()
 
 
-def _check_bytes(size: int, limit: int) -> None:
-    if size > limit:
-        raise InputError(
-            f"file too large for an image ({size / 2**20:,.0f} MiB; the limit is "
-            f"{limit / 2**20:,.0f} MiB)"
-        )
+# First bytes of every format FORMATS decodes.
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
+
+
+def image_head(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` (16 bytes) may be a supported image."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC (a missing decoder is the record's error)
+        return head[8:12] in (b"avif", b"avis", *HEIF_BRANDS)
+    return head.startswith(_MAGIC)
 
 
 def _clean(img: Image.Image, name: str) -> Pixels:
