@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -199,3 +200,38 @@ def test_the_estimate_is_an_upper_bound_of_what_decoding_takes(
     measured, estimated = map(int, done.stdout.split())
     assert measured <= estimated, (measured, estimated)
     assert estimated <= slack * measured + (16 << 20), (measured, estimated)  # and not far off
+
+
+@pytest.mark.slow
+def test_sigterm_never_waits_for_a_decode_in_progress(tiny_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "album"
+    folder.mkdir()
+    for i in range(3):
+        draw_photo(seed=i).save(folder / f"{i}.jpg")
+    # Each decode takes 60 s (a sleep holds no lock, as Pillow's C code holds none).
+    code = textwrap.dedent(
+        """
+        import sys, time
+        from moondream_cli import runner
+        real = runner.prepare
+        def slow(*args, **kwargs):
+            time.sleep(60)
+            return real(*args, **kwargs)
+        runner.prepare = slow
+        from moondream_cli.cli.app import main
+        main(sys.argv[1:])
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "describe", str(folder), "-m", str(tiny_model), "-n", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
+    time.sleep(4)  # the model is loaded, the decodes are under way
+    sent = time.perf_counter()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert time.perf_counter() - sent < 3
+    assert err.decode().strip() == "mdream: terminated"
