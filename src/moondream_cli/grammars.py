@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import bounded
 from .errors import InputError, UsageError
+from .schemas import read_schema
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,9 @@ def choices_constraint(choices: list[str]) -> Constraint:
 
 
 def schema_constraint(path: str | os.PathLike[str]) -> Constraint:
-    """The answer is JSON valid against the schema in ``path``; a bad schema is a usage error."""
-    text = bounded.read_text(path, bounded.SCHEMA)
-    try:
-        schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"the JSON schema is not valid JSON: {exc}", path=str(path)) from exc
-    if not isinstance(schema, dict):
-        raise UsageError("a JSON schema must be a JSON object", path=str(path))
+    """The answer is JSON valid against the schema in ``path``; a schema that is not valid,
+    or uses what the grammar cannot enforce (:mod:`.schemas`), is a usage error."""
+    schema = read_schema(path)
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
