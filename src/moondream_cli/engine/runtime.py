@@ -64,6 +64,7 @@ class Runtime:
 
     def __init__(self, files: ModelFiles, options: EngineOptions) -> None:
         native.route_logs_to_stderr(options.verbose)
+        native.catch_aborts()  # a GGML_ASSERT: one line and exit 3, not a core dump
         self.files = files
         self.threads = options.threads or physical_cores()
         self.on_gpu = options.gpu and native.gpu_offload()
@@ -387,7 +388,7 @@ class Runtime:
             self.model,
             temperature=sampling.temperature,
             seed=sampling.seed,
-            grammar=sampling.grammar,
+            grammar=self.model.grammar(sampling.grammar),
             ban_eos=sampling.fixed_length,
         )
         stream = TextStream(sampling, self.model.piece, self.model.is_eog, on_text)
