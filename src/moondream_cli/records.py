@@ -84,12 +84,13 @@ class TextRenderer(Renderer):
 class JsonlRenderer(Renderer):
     """One JSON object per line, UTF-8. A file name that is not valid UTF-8 keeps its bytes:
     each undecodable byte 0xNN is written as the escape ``\\udcNN`` (Python's
-    ``os.fsencode(json.loads(line)["path"])`` gives the exact name back)."""
+    ``os.fsencode(json.loads(line)["path"])`` gives the exact name back). DEL and the C1
+    controls, which JSON may leave raw, are escaped as ``\\u007f``…``\\u009f`` too."""
 
     def render(self, record: Record) -> str:
         data = {name: getattr(record, name) for name in FIELDS}
         text = json.dumps(data, ensure_ascii=False)
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+        return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 class CsvRenderer(Renderer):
@@ -130,15 +131,19 @@ def renderer(fmt: Format | str, *, single: bool = False, with_question: bool = F
     return CsvRenderer() if chosen is Format.CSV else TsvRenderer()
 
 
-# C0 controls, DEL and C1 controls: never shown raw (a terminal acts on them).
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_ROWS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # keeps \t \n \r
-_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+# C0 controls, DEL and C1 controls: never shown raw (a terminal acts on them); nor the bytes
+# 0x80–0x9F of a file name that is not UTF-8 (kept as U+DC80–U+DC9F), which are C1 controls
+# to a terminal that reads 8 bits.
+_C1_BYTES = "\udc80-\udc9f"
+_CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_C1_BYTES}]")
+_CONTROLS_BUT_ROWS = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_C1_BYTES}]")  # \t \n \r
+_JSON_RAW = re.compile("[\x7f-\x9f\udc80-\udcff]")  # what json.dumps leaves raw
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def _hex(match: re.Match[str]) -> str:
-    return f"\\x{ord(match.group()):02x}"
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"  # a name's byte as itself
 
 
 def escape(text: str) -> str:

@@ -187,6 +187,7 @@ def list_command() -> None:
     """List installed bundles: name, size, quantization, model, source, default (*)."""
     from .. import paths
     from ..bundles.installed import NOTHING_INSTALLED, list_bundles
+    from ..records import escape
 
     out = Output()
     for left in paths.leftovers():
@@ -196,12 +197,13 @@ def list_command() -> None:
     if not infos:
         out.info(NOTHING_INSTALLED)
     for info in infos:
-        quant = info.quantization
+        # What a manifest says is escaped as in TSV: a newline or a tab cannot forge a row,
+        # an escape sequence cannot drive the terminal.
+        quant, model, source = (escape(info.quantization), escape(info.model), escape(info.source))
         mark = "*" if info.default else " "
         flag = "" if info.intact else "\t(changed since last verified)"
         sys.stdout.write(
-            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.model}\t"
-            f"{info.source}{flag}\n"
+            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{model}\t{source}{flag}\n"
         )
 
 
