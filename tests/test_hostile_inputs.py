@@ -146,3 +146,39 @@ def test_folder_walks_count_the_files_that_are_not_images(tmp_path: Path) -> Non
     tally = Tally()
     assert len(list(expand([str(folder)], tally=tally))) == 1
     assert tally.not_images == 2
+
+
+def _deep_folder(top: Path, levels: int) -> None:
+    """``top/d/d/…/d`` ``levels`` deep, made by descriptor (its path outgrows PATH_MAX), with
+    an image at the top and one 100 levels down."""
+    top.mkdir()
+    draw_photo().save(top / "a.jpg")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(levels):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        if level == 99:
+            photo = os.open("b.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(photo, (top / "a.jpg").read_bytes())
+            os.close(photo)
+    os.close(fd)
+
+
+def test_a_folder_1100_levels_deep_is_walked_without_recursion(tmp_path: Path) -> None:
+    _deep_folder(tmp_path / "deep", 1100)
+    sources = list(expand([str(tmp_path / "deep")], recursive=True))
+    assert sources[0].label.endswith("deep/a.jpg")
+    assert sources[1].label.endswith("/d" * 100 + "/b.jpg")
+    # Past PATH_MAX a folder cannot be opened by its path: that folder's record says so.
+    assert all(s.error is None or "too long" in s.error for s in sources)
+
+
+def test_walking_order_is_files_first_then_each_subfolder_in_turn(tmp_path: Path) -> None:
+    for name in ("b/z.png", "b/c/y.png", "a/x.png", "top.png", "b/w.png"):
+        path = tmp_path / "t" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_photo().save(path)
+    labels = [s.label.split("/t/", 1)[1] for s in expand([str(tmp_path / "t")], recursive=True)]
+    assert labels == ["top.png", "a/x.png", "b/w.png", "b/z.png", "b/c/y.png"]

@@ -163,8 +163,27 @@ def _first_time(path: str, seen: set[str]) -> bool:
 def _walk(
     top: str, recursive: bool, visited: set[tuple[int, int]], tally: Tally
 ) -> Iterator[Source]:
-    """Images under ``top``, sorted by name, hidden entries skipped, symlink loops cut; a
-    folder that cannot be listed is a Source carrying the reason."""
+    """Images under ``top``, sorted by name, each folder's files before its subfolders,
+    hidden entries skipped, symlink loops cut; a folder that cannot be listed is a Source
+    carrying the reason. Walked with a stack of folders, never recursively: how deep a
+    tree goes is up to whoever made it."""
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        subdirs: list[str] = []
+        yield from _folder(folder, recursive, visited, tally, subdirs)
+        pending.extend(reversed(subdirs))
+
+
+def _folder(
+    top: str,
+    recursive: bool,
+    visited: set[tuple[int, int]],
+    tally: Tally,
+    subdirs: list[str],
+) -> Iterator[Source]:
+    """The images directly in ``top``; its subfolders go into ``subdirs`` when
+    ``recursive``."""
     try:
         st = os.stat(top)
     except OSError as exc:
@@ -180,7 +199,6 @@ def _walk(
     except OSError as exc:
         yield Source(top, error=f"cannot read the folder: {exc.strerror or exc}")
         return
-    subdirs: list[str] = []
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -197,8 +215,6 @@ def _walk(
             yield Source(path)
         else:
             tally.not_images += 1
-    for sub in subdirs:
-        yield from _walk(sub, recursive, visited, tally)
 
 
 def looks_like_image(path: str) -> bool:
