@@ -8,6 +8,7 @@ mdream reads the orientation and drops the block, so they decode now.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -166,9 +167,31 @@ def _deep_folder(top: Path, levels: int) -> None:
     os.close(fd)
 
 
-def test_a_folder_1100_levels_deep_is_walked_without_recursion(tmp_path: Path) -> None:
+def _remove_deep_folder(top: Path) -> None:
+    """Undo :func:`_deep_folder` by descriptor, bottom up: pytest's own clean-up of old
+    temporary folders (shutil.rmtree) recurses once per level and would fail on it."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    with contextlib.suppress(FileNotFoundError):
+        while True:
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    while len(fds) > 1:
+        fd = fds.pop()
+        for name in os.listdir(fd):
+            os.unlink(name, dir_fd=fd)
+        os.close(fd)
+        os.rmdir("d", dir_fd=fds[-1])
+    os.close(fds[0])
+
+
+@pytest.fixture
+def deep_folder(tmp_path: Path) -> Iterator[Path]:
     _deep_folder(tmp_path / "deep", 1100)
-    sources = list(expand([str(tmp_path / "deep")], recursive=True))
+    yield tmp_path / "deep"
+    _remove_deep_folder(tmp_path / "deep")
+
+
+def test_a_folder_1100_levels_deep_is_walked_without_recursion(deep_folder: Path) -> None:
+    sources = list(expand([str(deep_folder)], recursive=True))
     assert sources[0].label.endswith("deep/a.jpg")
     assert sources[1].label.endswith("/d" * 100 + "/b.jpg")
     # Past PATH_MAX a folder cannot be opened by its path: that folder's record says so.
