@@ -1,4 +1,4 @@
-"""The one record type, its renderers (text, JSONL, CSV, TSV) and the atomic sidecar writer.
+"""The one record type, its renderers (text, JSONL, CSV, TSV), and sidecars' names.
 
 A record is one (image, question) pair: ``path``, ``answer``, ``question``, ``error``,
 ``elapsed_ms``. Exactly one of ``answer`` and ``error`` is set. Each renderer turns a record
@@ -8,20 +8,17 @@ sees half a record.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import json
 import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .errors import InputError, OutputError, UsageError
+from .errors import UsageError
 
 
 class Format(str, Enum):
@@ -187,49 +184,3 @@ def normalize_ext(ext: str) -> str:
 def sidecar_path(image: str | os.PathLike[str], ext: str) -> Path:
     """``photos/cat.jpg`` → ``photos/cat.txt``."""
     return Path(image).with_suffix(ext)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-# A disk that is full or read-only fails every further sidecar too: the run stops (exit 5).
-_FATAL = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
-
-    The text goes to a temporary file in the same folder, which then replaces ``path``
-    (``os.replace`` is atomic within a filesystem, and replaces a link rather than writing
-    through it). Failed or interrupted, the temporary file is removed. A failure that every
-    further write would meet too (a full or read-only disk) is an OutputError.
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _write_error(exc, path) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _write_error(exc, path) from exc
-        raise
-
-
-def _write_error(exc: OSError, path: Path) -> InputError | OutputError:
-    message = f"cannot write sidecar: {exc.strerror or exc}"
-    if exc.errno in _FATAL:
-        return OutputError(message, path=str(path))
-    return InputError(message, path=str(path))
