@@ -84,9 +84,10 @@ class Prepare:
 
 
 def own_the_size_check() -> None:
-    """Leave the size check to mdream (``max_megapixels``): Pillow's own bomb guard would
-    refuse, with two different limits, the 108 and 200 MP photos phones take. Front-ends
-    call this once; it changes Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
+    """Leave the size check to mdream (``max_megapixels`` and the decode budget): Pillow's
+    own bomb guard would refuse, with two different limits, the 108 and 200 MP photos phones
+    take. It changes Pillow's process-wide ``MAX_IMAGE_PIXELS``: only a front-end that owns
+    its process calls it (the CLI, a Ray worker), never the Python API."""
     Image.MAX_IMAGE_PIXELS = None
 
 

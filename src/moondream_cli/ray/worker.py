@@ -28,6 +28,7 @@ class Worker:
     def __init__(self, job: Job) -> None:
         import ray
 
+        from ..images import own_the_size_check
         from ..loader import open_model
 
         self.job = job
@@ -36,6 +37,7 @@ class Worker:
         self.model: OpenModel | None = None
         self.problem: str | None = None
         guard.forbid_network()
+        own_the_size_check()  # a worker's process is mdream's: its size check, not Pillow's
         sampling = job.settings.sampler(job.max_tokens)
         try:
             self.model = open_model(
