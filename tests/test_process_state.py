@@ -53,3 +53,22 @@ def test_the_cli_owns_the_size_check_so_a_200_mp_photo_passes_pillows_guard(
     assert done.returncode == 1
     assert "decompression bomb" not in err and "truncated" in err  # decoded, then cut short
 
+
+def test_doctor_names_the_platform_without_starting_a_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+    import subprocess
+
+    from moondream_cli.doctor import gather
+
+    expected = platform.platform()  # starts `uname -p` (once, then cached by Python)
+
+    def no_child(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a program was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    monkeypatch.setattr(platform, "_uname_cache", None)  # computed afresh, not cached
+    monkeypatch.setattr(platform, "_platform_cache", {})
+    monkeypatch.setattr(platform._Processor, "get", staticmethod(lambda: no_child("uname -p")))  # type: ignore[attr-defined]
+    assert gather(self_check=False).platform == expected
