@@ -58,6 +58,7 @@ class RayBackend:
         address = job.settings.cluster.ray
         ray = _import_ray(address)
         _refuse_an_open_cluster()
+        _refuse_a_cluster_that_takes_no_token(address)  # before anything of the job is sent
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", **_local(address))
         except Exception as exc:  # ConnectionError, and Ray's own kinds
@@ -165,6 +166,50 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
+# Run in a child process: Ray reads its authentication mode once per process, so a client
+# without a token cannot be made in this one without breaking the run's own connection.
+_PROBE = """
+import sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1]).internal_kv_keys(b"mdream-probe/", namespace=None, timeout=20)
+except Exception as exc:
+    print("checks tokens" if type(exc).__name__ == "AuthenticationError" else f"error: {exc}")
+else:
+    print("open")
+"""
+
+
+def _refuse_a_cluster_that_takes_no_token(address: str | None) -> None:
+    """Ask the cluster, without a token, for nothing (the keys under a prefix no one uses):
+    a cluster that answers does not check tokens, whatever this driver sets, and anyone who
+    reaches it runs code on it. Refused before the job (paths, questions) is sent."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(address)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        said = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        said = f"error: {exc}"
+    if said == "open":
+        raise UsageError(
+            f"the Ray cluster at {address} answers without a token: it does not check them "
+            "(start every node with RAY_AUTH_MODE=token), so mdream sends it nothing"
+        )
+    if said != "checks tokens":
+        why = _sentences(said.removeprefix("error: ") or "no answer", 1)[:300]
+        raise ModelError(f"cannot reach the Ray cluster at {address}: {why}")
+
+
 def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded."""
     from ray.util import ActorPool
@@ -189,7 +234,11 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     actors = [remote.remote(job) for _ in range(count)]
     link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
-    answers = ray.get([actor.ready.remote() for actor in actors])
+    try:
+        answers = ray.get([actor.ready.remote() for actor in actors])
+    except Exception as exc:  # ActorDiedError: it died loading the model (a GGML_ASSERT, OOM)
+        why = _sentences(str(exc), 1)[:300]
+        raise ModelError(f"a Ray worker died while it loaded the model ({why})") from exc
     for _, problem in answers:
         if problem is not None:
             raise ModelError(problem)
@@ -205,6 +254,7 @@ def _answers(
     unordered = job.settings.cluster.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
     done: dict[int, ImageResult] = {}
+    sent: dict[int, Source] = {}  # what the driver asked about, by index: records' own paths
     chunk: list[Item] = []
     in_flight = 0
     for index, source in items:
@@ -215,19 +265,22 @@ def _answers(
             done[index] = settled
         else:
             chunk.append((index, source))
+            sent[index] = source
         if len(chunk) >= CHUNK:
             _submit(pool, chunk, link)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:
-            _collect(pool, done, link)
+            _collect(pool, Expected(sent, job.questions), done, link)
             in_flight -= 1
         yield from _release(order, done, unordered)
     if chunk:
         _submit(pool, chunk, link)
         in_flight += 1
     for _ in range(in_flight):
-        _collect(pool, done, link)
+        _collect(pool, Expected(sent, job.questions), done, link)
         yield from _release(order, done, unordered)
+    if sent:  # every chunk came back, and some of what it held did not
+        raise ModelError(f"the Ray workers left {len(sent)} inputs unanswered")
 
 
 def _submit(pool: Any, chunk: list[Item], link: Link) -> None:
@@ -252,9 +305,43 @@ def _settled(source: Source, skip: Skip) -> ImageResult | None:
     return None
 
 
-def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
-    """One chunk's answers, from whichever worker finishes first; the first set per index is
-    kept (a retried chunk answers again)."""
+@dataclass(frozen=True)
+class Expected:
+    """What the driver sent and asked, to match a worker's answers against: by index, the
+    input (its path is the records' path, and the sidecar's) and the questions, in order."""
+
+    sent: dict[int, Source]
+    questions: tuple[str, ...]
+
+    def records(self, index: object, fields: object) -> tuple[Source, list[Record]] | None:
+        """The worker's record fields for ``index`` as records of the driver's own input;
+        None when the index was never sent or was answered already (a retried chunk)."""
+        source = self.sent.pop(index, None) if isinstance(index, int) else None
+        if source is None:
+            return None
+        if not isinstance(fields, list) or len(fields) != len(self.questions):
+            raise ModelError("a Ray worker answered with records that do not fit the job")
+        records = []
+        for question, field in zip(self.questions, fields, strict=True):
+            if not isinstance(field, dict):
+                raise ModelError("a Ray worker answered with records that do not fit the job")
+            answer, error = field.get("answer"), field.get("error")
+            ms = field.get("elapsed_ms")
+            if field.get("question") != question or not _text_or_none(answer, error):
+                raise ModelError("a Ray worker answered with records that do not fit the job")
+            ms = ms if isinstance(ms, int) and not isinstance(ms, bool) else 0
+            records.append(Record(source.label, question, answer, error, ms))
+        return source, records
+
+
+def _text_or_none(*values: object) -> bool:
+    return all(v is None or isinstance(v, str) for v in values)
+
+
+def _collect(pool: Any, expected: Expected, done: dict[int, ImageResult], link: Link) -> None:
+    """One chunk's answers, from whichever worker finishes first, each matched by its index
+    to the input the driver sent (never to the path a worker names); the first set per index
+    is kept (a retried chunk answers again)."""
     from ..runner import ImageResult
 
     try:
@@ -274,8 +361,10 @@ def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
                 if code == NetworkAttempted.exit_code
                 else ModelError(message)
             )
-        index, source, records = entry
-        done.setdefault(index, ImageResult(source, [Record(**r) for r in records]))
+        index, fields = entry
+        matched = expected.records(index, fields)
+        if matched is not None:
+            done[index] = ImageResult(*matched)
 
 
 def _sentences(text: str, n: int) -> str:

@@ -53,7 +53,8 @@ class Worker:
         return self.node_id, self.problem
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
-        """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
+        """``(index, [record fields])`` per input, or one ``("fatal", code, why)``: the
+        driver matches them to its own inputs by index."""
         from ..runner import answer_inputs
 
         if self.model is None:
@@ -74,6 +75,6 @@ class Worker:
         except MdreamError as exc:  # the network guard (exit 4), a broken model (3)
             return [("fatal", exc.exit_code, f"on Ray node {self.node}: {exc}")]
         return [
-            (index, result.source, [dataclasses.asdict(r) for r in result.records])
+            (index, [dataclasses.asdict(r) for r in result.records])
             for (index, _), result in zip(chunk, results, strict=True)
         ]
