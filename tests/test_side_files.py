@@ -166,3 +166,19 @@ def test_a_recipe_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "recipe.json")
     with pytest.raises(BundleError, match=r"not a regular file \(a FIFO\)"):
         within(5, lambda: load_recipe(str(tmp_path / "recipe.json")))
+
+
+def test_a_list_on_a_named_fifo_waits_for_its_writer(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "paths"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        time.sleep(0.5)  # after mdream opened its end
+        with open(fifo, "wb") as f:
+            f.write(b"a.jpg\nb.jpg\n")
+
+    threading.Thread(target=writer, daemon=True).start()
+    with bounded.open_file(fifo, bounded.LIST) as f:
+        assert within(10, lambda: list(read_list(f))) == ["a.jpg", "b.jpg"]

@@ -122,14 +122,30 @@ def open_fd(path: str | os.PathLike[str], kind: Kind, *, dir_fd: int | None = No
         raise _refuse(kind, f"cannot read: {exc.strerror or exc}", label) from exc
     try:
         st = check_fd(fd, kind, label)
-        if not stat.S_ISREG(st.st_mode):
-            os.set_blocking(fd, True)  # a pipe is read as it comes
+        if stat.S_ISFIFO(st.st_mode):
+            again = _reopen_fifo(name, st, dir_fd)  # a stream's writer may come later
+            os.close(fd)
+            fd = again
+        elif not stat.S_ISREG(st.st_mode):
+            os.set_blocking(fd, True)  # a socket is read as it comes
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, OSError):
             raise _refuse(kind, f"cannot read: {exc.strerror or exc}", label) from exc
         raise
     return fd
+
+
+def _reopen_fifo(name: str | bytes, st: os.stat_result, dir_fd: int | None) -> int:
+    """A FIFO where a stream will do (a list of paths), opened again, blocking, so that
+    reading waits for its writer as a FIFO should (the first, non-blocking open only saw
+    what it was); refused if it is no longer the same FIFO."""
+    again = os.open(name, _FLAGS & ~getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    now = os.fstat(again)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(again)
+        raise OSError(16, "it changed while it was opened")
+    return again
 
 
 def open_file(path: str | os.PathLike[str], kind: Kind) -> BinaryIO:
