@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,3 +101,23 @@ def run_mdream(
         timeout=timeout,
         check=False,
     )
+
+
+def within(seconds: float, work: Callable[[], object]) -> object:
+    """``work()``'s result, failing (not hanging) the test if it blocks for ``seconds``."""
+    box: list[object] = []
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:  # handed to the test's thread below
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for more than {seconds} s"
+    if failed:
+        raise failed[0]
+    return box[0]

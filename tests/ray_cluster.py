@@ -5,7 +5,9 @@ without root): it brings up ``lo``, starts a head and a second node on 127.0.0.1
 authentication on and usage statistics off (../shared/RAY.md: outside a namespace Ray
 escapes loopback, and a token written by an earlier local ``ray.init`` puts nodes out of
 step), runs each ``;;``-separated COMMAND with ``RAY_ADDRESS`` set, writing its stdout,
-stderr and exit code into WORKDIR, then stops the cluster whatever happened.
+stderr and exit code into WORKDIR, then stops the cluster whatever happened. With
+``RAY_TEST_OPEN_HEAD=1`` it starts a lone head *without* token authentication instead (the
+commands still run with ``RAY_AUTH_MODE=token``): the cluster mdream must refuse.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ def main() -> int:
     (work / "home").mkdir(exist_ok=True)
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     started = time.perf_counter()
+    open_head = os.environ.get("RAY_TEST_OPEN_HEAD") == "1"
+    head_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH_")} if open_head else env
     try:
-        ray(env, "start", "--head", f"--port={PORT}", "--include-dashboard=false", *common)
-        ray(env, "start", f"--address={ADDRESS}", *common)
+        ray(head_env, "start", "--head", f"--port={PORT}", "--include-dashboard=false", *common)
+        if not open_head:
+            ray(env, "start", f"--address={ADDRESS}", *common)
         up = time.perf_counter() - started
         runs = []
         for i, command in enumerate(commands):

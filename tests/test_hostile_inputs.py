@@ -2,22 +2,25 @@
 blocks, nothing is read without bound, and nothing vanishes silently.
 
 The two EXIF files in tests/data/hostile were found by mutating a JPEG's EXIF block: Pillow's
-``exif_transpose`` raises ``struct.error`` and ``TypeError`` on them.
+``exif_transpose`` raised ``struct.error`` and ``TypeError`` on them, writing the block back.
+mdream reads the orientation and drops the block, so they decode now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image, JpegImagePlugin
 
-from conftest import ROOT, draw_photo
+from conftest import ROOT, draw_photo, within
 from moondream_cli.engine import Engine, EngineOptions, Sampling
 from moondream_cli.errors import InputError
 from moondream_cli.images import load_image, read_bounded
@@ -28,53 +31,48 @@ from moondream_cli.runner import answer_inputs
 HOSTILE = Path(__file__).parent / "data" / "hostile"
 
 
-def _within(seconds: float, work: Callable[[], object]) -> object:
-    """``work()``'s result, failing (not hanging) the test if it blocks."""
-    box: list[object] = []
-    failed: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:  # handed to the test's thread below
-            failed.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"blocked for more than {seconds} s"
-    if failed:
-        raise failed[0]
-    return box[0]
-
-
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> Iterator[Engine]:
     with Engine(find_pair(tiny_model), EngineOptions(threads=1, gpu=False, batch=1)) as loaded:
         yield loaded
 
 
-@pytest.mark.parametrize(
-    ("name", "raised"), [("exif-type-error.jpg", "TypeError"), ("exif-struct-error.jpg", "error")]
-)
-def test_whatever_the_decoder_raises_is_an_input_error(name: str, raised: str) -> None:
-    with pytest.raises(InputError, match=f"corrupt image \\({raised}: ") as caught:
-        load_image(HOSTILE / name)
-    assert caught.value.path == str(HOSTILE / name)
+@pytest.mark.parametrize("name", ["exif-type-error.jpg", "exif-struct-error.jpg"])
+def test_a_broken_exif_block_is_dropped_and_its_orientation_kept(name: str) -> None:
+    pixels = load_image(HOSTILE / name)
+    with Image.open(HOSTILE / name) as img:
+        assert img.getexif()[0x0112] == 6  # rotate 90° clockwise to display
+        assert (pixels.width, pixels.height) == (img.height, img.width)
 
 
-def test_a_malformed_exif_block_costs_only_its_own_record(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("raised", [TypeError("odd"), struct.error("bad"), KeyError("k")])
+def test_whatever_the_decoder_raises_is_an_input_error(
+    raised: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "a.jpg"
+    draw_photo().save(path)
+
+    def load(self: Image.Image) -> None:
+        raise raised
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    with pytest.raises(InputError, match=f"\\({type(raised).__name__}: ") as caught:
+        load_image(path)
+    assert caught.value.path == str(path)
+
+
+def test_a_corrupt_image_costs_only_its_own_record(engine: Engine, tmp_path: Path) -> None:
     folder = tmp_path / "album"
     folder.mkdir()
     draw_photo(seed=1).save(folder / "a.jpg")
-    (folder / "b.jpg").write_bytes((HOSTILE / "exif-type-error.jpg").read_bytes())
+    (folder / "b.jpg").write_bytes((HOSTILE / "exif-type-error.jpg").read_bytes()[:600])
     draw_photo(seed=2).save(folder / "c.jpg")
     results = list(
         answer_inputs(expand([str(folder)]), ["What is it?"], engine, Sampling(max_tokens=2))
     )
     assert [r.source.label.rsplit("/", 1)[1] for r in results] == ["a.jpg", "b.jpg", "c.jpg"]
     assert [r.records[0].ok for r in results] == [True, False, True]
-    assert "TypeError" in str(results[1].records[0].error)
+    assert "truncated" in str(results[1].records[0].error)
 
 
 def test_a_fifo_in_a_folder_neither_blocks_the_walk_nor_the_read(tmp_path: Path) -> None:
@@ -82,15 +80,15 @@ def test_a_fifo_in_a_folder_neither_blocks_the_walk_nor_the_read(tmp_path: Path)
     folder.mkdir()
     draw_photo().save(folder / "a.jpg")
     os.mkfifo(folder / "b.jpg")  # nobody ever writes to it
-    sources = _within(5, lambda: list(expand([str(folder)])))
+    sources = within(5, lambda: list(expand([str(folder)])))
     assert isinstance(sources, list) and [s.label[-5:] for s in sources] == ["a.jpg", "b.jpg"]
     with pytest.raises(InputError, match=r"not a regular file \(a FIFO\)"):
-        _within(5, lambda: load_image(folder / "b.jpg"))
+        within(5, lambda: load_image(folder / "b.jpg"))
 
 
 def test_a_device_is_refused_without_reading_it() -> None:
     with pytest.raises(InputError, match=r"not a regular file \(a character device\)"):
-        _within(5, lambda: load_image("/dev/zero"))
+        within(5, lambda: load_image("/dev/zero"))
 
 
 def test_a_huge_sparse_file_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
@@ -149,3 +147,61 @@ def test_folder_walks_count_the_files_that_are_not_images(tmp_path: Path) -> Non
     tally = Tally()
     assert len(list(expand([str(folder)], tally=tally))) == 1
     assert tally.not_images == 2
+
+
+def _deep_folder(top: Path, levels: int) -> None:
+    """``top/d/d/…/d`` ``levels`` deep, made by descriptor (its path outgrows PATH_MAX), with
+    an image at the top and one 100 levels down."""
+    top.mkdir()
+    draw_photo().save(top / "a.jpg")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(levels):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        if level == 99:
+            photo = os.open("b.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(photo, (top / "a.jpg").read_bytes())
+            os.close(photo)
+    os.close(fd)
+
+
+def _remove_deep_folder(top: Path) -> None:
+    """Undo :func:`_deep_folder` by descriptor, bottom up: pytest's own clean-up of old
+    temporary folders (shutil.rmtree) recurses once per level and would fail on it."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    with contextlib.suppress(FileNotFoundError):
+        while True:
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    while len(fds) > 1:
+        fd = fds.pop()
+        for name in os.listdir(fd):
+            os.unlink(name, dir_fd=fd)
+        os.close(fd)
+        os.rmdir("d", dir_fd=fds[-1])
+    os.close(fds[0])
+
+
+@pytest.fixture
+def deep_folder(tmp_path: Path) -> Iterator[Path]:
+    _deep_folder(tmp_path / "deep", 1100)
+    yield tmp_path / "deep"
+    _remove_deep_folder(tmp_path / "deep")
+
+
+def test_a_folder_1100_levels_deep_is_walked_without_recursion(deep_folder: Path) -> None:
+    sources = list(expand([str(deep_folder)], recursive=True))
+    assert sources[0].label.endswith("deep/a.jpg")
+    assert sources[1].label.endswith("/d" * 100 + "/b.jpg")
+    # Past PATH_MAX a folder cannot be opened by its path: that folder's record says so.
+    assert all(s.error is None or "too long" in s.error for s in sources)
+
+
+def test_walking_order_is_files_first_then_each_subfolder_in_turn(tmp_path: Path) -> None:
+    for name in ("b/z.png", "b/c/y.png", "a/x.png", "top.png", "b/w.png"):
+        path = tmp_path / "t" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_photo().save(path)
+    labels = [s.label.split("/t/", 1)[1] for s in expand([str(tmp_path / "t")], recursive=True)]
+    assert labels == ["top.png", "a/x.png", "b/w.png", "b/z.png", "b/c/y.png"]

@@ -151,7 +151,7 @@ def test_mdream_owns_the_size_check_so_pillows_lower_guard_never_fires(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow's guard, 4× exceeded
     with pytest.raises(InputError, match="decompression bomb"):
         load_image(data)  # a library user who kept Pillow's guard gets a clear line
-    own_the_size_check()  # what the CLI and the API do
+    own_the_size_check()  # what the CLI and a Ray worker do (the API leaves it alone)
     assert load_image(data).width == 200
 
 

@@ -115,13 +115,15 @@ def test_a_full_disk_stops_the_sidecar_run_with_exit_5_and_no_temporary_files(
     assert names == ["0.png", "1.png", "2.png", "filler"]  # no sidecar, no temporary file
 
 
-def test_a_read_only_folder_is_found_before_any_inference(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_read_only_disk_is_found_before_any_inference_and_is_exit_5(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     with _tmpfs(tmp_path / "ro", "1m") as disk:
         draw_photo().save(disk / "a.png")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         done = run_mdream("describe", disk, "-m", tiny_model, "--sidecar", "-n", "2")
-    assert done.returncode == 1
-    assert "is not writable" in _err(done)
+    assert done.returncode == 5, _err(done)  # the README's promise: a read-only disk stops it
+    assert "is on a read-only filesystem" in _err(done)
 
 
 def test_a_newline_in_a_file_name_cannot_forge_a_line(tiny_model: Path, tmp_path: Path) -> None:

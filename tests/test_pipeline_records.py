@@ -19,8 +19,8 @@ from moondream_cli.records import (
     normalize_ext,
     renderer,
     sidecar_path,
-    write_atomic,
 )
+from moondream_cli.sidecars import write_atomic
 
 TRICKY = 'a, "quoted"\tcell\nnext line \\ back\r\nend – ünïcode'
 RECORDS = [
@@ -103,7 +103,7 @@ def test_write_atomic_interrupted_keeps_old_file_and_removes_temp(
     target = tmp_path / "cat.txt"
     target.write_text("old\n")
 
-    def interrupted(src: str, dst: str) -> None:
+    def interrupted(src: str, dst: str, **dir_fds: int) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)

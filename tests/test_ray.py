@@ -339,3 +339,54 @@ def test_an_address_where_nothing_listens_fails_at_once_with_one_line(
     ]
     bad = run_mdream("describe", photo, "--ray", "headnode", env=env)
     assert bad.returncode == 2 and b"--ray takes HOST:PORT" in bad.stderr
+
+
+def test_records_take_the_drivers_own_paths_matched_by_index() -> None:
+    from moondream_cli.errors import ModelError
+    from moondream_cli.inputs import Source
+    from moondream_cli.ray import Expected, Link, Notices, _collect
+
+    class Pool:
+        def __init__(self, answered: list[tuple[object, ...]]) -> None:
+            self.answered = answered
+
+        def get_next_unordered(self) -> list[tuple[object, ...]]:
+            return self.answered
+
+    def fields(path: str, question: str = "q") -> list[dict[str, object]]:
+        return [{"path": path, "question": question, "answer": "a", "error": None, "elapsed_ms": 2}]
+
+    sent = {0: Source("album/a.jpg"), 1: Source("album/b.jpg")}
+    done: dict[int, object] = {}
+    link = Link(lambda _: None, Notices())
+    # A worker names another path for input 0, and an index the driver never sent.
+    answered = [(0, fields("/home/someone/.bashrc")), (7, fields("/etc/passwd"))]
+    _collect(Pool(answered), Expected(sent, ("q",)), done, link)  # type: ignore[arg-type]
+    assert list(done) == [0]
+    assert [r.path for r in done[0].records] == ["album/a.jpg"]  # type: ignore[attr-defined]
+    _collect(Pool([(0, fields("x"))]), Expected(sent, ("q",)), done, link)  # type: ignore[arg-type]
+    assert done[0].records[0].path == "album/a.jpg"  # type: ignore[attr-defined]  # first kept
+    with pytest.raises(ModelError, match="do not fit the job"):
+        _collect(Pool([(1, fields("b", question="another"))]), Expected(sent, ("q",)), done, link)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_head_started_without_authentication_is_refused_before_anything_is_sent(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    album = tmp_path / "album"
+    album.mkdir()
+    draw_photo().save(album / "a.jpg")
+    command = (
+        f"{sys.executable} -m moondream_cli describe {album} --ray 127.0.0.1:6380 -m {tiny_model}"
+    )
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_TEST_OPEN_HEAD": "1"}
+    script = [sys.executable, str(ROOT / "tests" / "ray_cluster.py"), str(tmp_path), "--"]
+    done = subprocess.run([*unshare, *script, command], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    rc = json.loads((tmp_path / "runs.json").read_text())["runs"][0]["rc"]
+    err = (tmp_path / "run0.err").read_text()
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "answers without a token: it does not check them" in err
+    assert "worker" not in err  # no actor was made, no path or question was sent

@@ -183,3 +183,72 @@ def test_a_resume_that_matches_nothing_says_so(tiny_model: Path, tmp_path: Path)
     assert "--resume matched none of the 4 answered records in out.jsonl" in err
     assert "same arguments from the same folder" in err
     assert "skipped" not in err
+
+
+# -- what FILE holds: whole records, a partial one, or something else ----------------------
+
+
+def test_a_whole_last_record_without_its_newline_is_kept_and_ended(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    text = _record("a.jpg") + _record("b.jpg").rstrip("\n")  # a valid record, not ended
+    done.write_text(text)
+    assert read_resumed(str(done), ["q"]).skip(Source("b.jpg"))
+    assert done.read_text() == text  # read on its own: unchanged
+    with done.open("ab") as appending:
+        resumed = read_resumed(str(done), ["q"], appending.fileno())
+    assert resumed.skip(Source("b.jpg")) and resumed.cut == 0
+    assert done.read_text() == text + "\n"  # the next record starts on a line of its own
+
+
+def test_a_last_line_that_is_not_a_record_is_refused_not_cut(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    text = _record("a.jpg") + "my notes about this run"  # a user's line, not ended
+    done.write_text(text)
+    with done.open("ab") as appending, pytest.raises(UsageError, match="line 2 is not an mdream"):
+        read_resumed(str(done), ["q"], appending.fileno())
+    assert done.read_text() == text
+
+
+def test_a_partial_record_is_still_cut_when_appending(tmp_path: Path) -> None:
+    done = tmp_path / "out.jsonl"
+    done.write_text(_record("a.jpg") + _record("b.jpg")[:30])
+    with done.open("ab") as appending:
+        resumed = read_resumed(str(done), ["q"], appending.fileno())
+    assert resumed.cut == 30 and done.read_text() == _record("a.jpg")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * 5000 + "]" * 5000,  # a RecursionError once
+        json.dumps({"path": "a.jpg", "answer": {"nested": 1}, "question": "q", "error": None}),
+        json.dumps({"path": 7, "answer": "a", "question": "q", "error": None, "elapsed_ms": 1}),
+        json.dumps({"path": "a", "answer": "a", "question": "q", "error": None, "more": 1}),
+    ],
+)
+def test_a_line_that_is_not_exactly_an_mdream_record_is_refused(tmp_path: Path, line: str) -> None:
+    done = tmp_path / "out.jsonl"
+    done.write_text(_record("a.jpg") + line + "\n")
+    with pytest.raises(UsageError, match="line 2 is not an mdream JSONL record"):
+        read_resumed(str(done), ["q"])
+
+
+def test_an_answered_image_costs_under_200_bytes_of_memory(tmp_path: Path) -> None:
+    import gc
+    import tracemalloc
+
+    done = tmp_path / "out.jsonl"
+    n = 50_000
+    with done.open("w") as f:
+        for i in range(n):
+            f.write(_record(f"photos/2024/IMG_{i:06d}.jpg", "Describe this image."))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        resumed = read_resumed(str(done), ["Describe this image."])
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(resumed.answered) == n
+    assert held / n < 200, held / n  # was 400: a set of questions, and each its own copy

@@ -19,8 +19,8 @@ from moondream_cli.xmp.rules import (
     OWN_CAPTION,
     SUBJECT,
     TAGS_LIST,
+    ArrayKind,
     Items,
-    Kind,
     Stamp,
     Update,
 )
@@ -92,9 +92,9 @@ def test_keywords_go_into_the_three_fields_under_the_root() -> None:
     words = rules.keywords("cat, Mat., black/white\n cat ,, sofa|bed")
     assert words == ("cat", "Mat", "black-white", "sofa-bed")
     fields = packet.read(merged(None, Update(keywords=words, root=("AI", "md"))), READ)
-    assert fields[SUBJECT] == Items(words, Kind.BAG)
-    assert fields[HIERARCHICAL] == Items(tuple(f"AI|md|{w}" for w in words), Kind.BAG)
-    assert fields[TAGS_LIST] == Items(tuple(f"AI/md/{w}" for w in words), Kind.SEQ)
+    assert fields[SUBJECT] == Items(words, ArrayKind.BAG)
+    assert fields[HIERARCHICAL] == Items(tuple(f"AI|md|{w}" for w in words), ArrayKind.BAG)
+    assert fields[TAGS_LIST] == Items(tuple(f"AI/md/{w}" for w in words), ArrayKind.SEQ)
     assert fields[rules.TAG_ROOT] == "AI/md"
 
 
@@ -105,7 +105,7 @@ def test_a_later_run_replaces_mdreams_keywords_and_never_the_users() -> None:
     # "Beach" was the user's already: not added, not owned, so still there after run two
     assert second[SUBJECT] == Items(("Anna", "Beach", "sea", "sky"))
     assert second[TAGS_LIST] == Items(
-        ("Family/Anna", "Places/Beach", "mdream/sea", "mdream/sky"), Kind.SEQ
+        ("Family/Anna", "Places/Beach", "mdream/sea", "mdream/sky"), ArrayKind.SEQ
     )
     hierarchical = ("Family|Anna", "Places|Beach", "mdream|sea", "mdream|sky")
     assert second[HIERARCHICAL] == Items(hierarchical)
@@ -118,7 +118,7 @@ def test_the_same_keywords_again_change_nothing_and_duplicate_nothing() -> None:
     assert rules.changes(fields, Update(keywords=("a", "b")), STAMP, overwrite=True) == {}
     again = packet.read(merged(once, Update(keywords=rules.keywords("b, B, a, c"))), READ)
     assert again[SUBJECT] == Items(("b", "a", "c"))
-    assert again[TAGS_LIST] == Items(("mdream/b", "mdream/a", "mdream/c"), Kind.SEQ)
+    assert again[TAGS_LIST] == Items(("mdream/b", "mdream/a", "mdream/c"), ArrayKind.SEQ)
 
 
 def test_keywords_leave_the_caption_alone_and_the_caption_leaves_keywords() -> None:

@@ -92,6 +92,17 @@ class Report:
         return data
 
 
+def platform_name() -> str:
+    """``Linux-6.1.0-x86_64-with-glibc2.36``, as ``platform.platform()`` says it, without the
+    child process that starts: ``platform.uname()`` reads its processor from ``uname -p``,
+    and mdream starts no program."""
+    name = os.uname()
+    libc, version = platform.libc_ver()
+    return f"{name.sysname}-{name.release}-{name.machine}" + (
+        f"-with-{libc}{version}" if libc else ""
+    )
+
+
 def gather(settings: Settings | None = None, *, self_check: bool = True) -> Report:
     """Look at this installation. With ``self_check``, run the privacy self-check too."""
     problems: list[str] = []
@@ -115,7 +126,7 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
         mdream=__version__,
         python=platform.python_version(),
         python_executable=sys.executable,
-        platform=platform.platform(),
+        platform=platform_name(),
         llama_cpp=llama_version,
         backend=backend,
         gpu_offload=offload,

@@ -111,6 +111,7 @@ def _count_in_background(job: Job, progress: Progress) -> None:
     import stat
     import threading
 
+    from . import bounded
     from .errors import MdreamError
     from .inputs import expand
 
@@ -125,7 +126,10 @@ def _count_in_background(job: Job, progress: Progress) -> None:
             return
 
     def count() -> None:
-        listing = open(s.files_from, "rb") if s.files_from else None  # noqa: SIM115
+        try:
+            listing = bounded.open_file(s.files_from, bounded.LIST) if s.files_from else None
+        except MdreamError:
+            return
         try:
             found = expand(job.inputs, recursive=s.recursive, files_from=listing, null=s.null)
             total = sum(1 for _ in found)

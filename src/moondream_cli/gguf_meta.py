@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from . import bounded
 from .errors import ModelError
 
 _MAGIC = b"GGUF"
@@ -153,7 +154,7 @@ def read_header(path: Path, *, keep_arrays: frozenset[str] = frozenset()) -> Hea
 @functools.lru_cache(maxsize=8)
 def _read_header(path: str, _stamp: tuple[int, int, int], keep_arrays: frozenset[str]) -> Header:
     try:
-        with open(path, "rb") as f, _mapped(f) as buf:
+        with bounded.open_file(path, bounded.GGUF) as f, _mapped(f) as buf:
             r = _Reader(buf, keep_arrays)
             if r.size < 4 or r.read(4) != _MAGIC:
                 raise ModelError("not a GGUF file", path=str(path))

@@ -10,16 +10,17 @@ that no metadata (EXIF, XMP, ICC, text chunks, comments) survives. Given the pro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
+from . import bounded, budget
 from .errors import InputError
 from .reference import Fit
 
@@ -83,9 +84,10 @@ class Prepare:
 
 
 def own_the_size_check() -> None:
-    """Leave the size check to mdream (``max_megapixels``): Pillow's own bomb guard would
-    refuse, with two different limits, the 108 and 200 MP photos phones take. Front-ends
-    call this once; it changes Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
+    """Leave the size check to mdream (``max_megapixels`` and the decode budget): Pillow's
+    own bomb guard would refuse, with two different limits, the 108 and 200 MP photos phones
+    take. It changes Pillow's process-wide ``MAX_IMAGE_PIXELS``: only a front-end that owns
+    its process calls it (the CLI, a Ray worker), never the Python API."""
     Image.MAX_IMAGE_PIXELS = None
 
 
@@ -109,14 +111,27 @@ def load_image(
     with the projector's ``size``, fitted to it as ``fit_to`` says (:func:`fit`).
 
     Whatever goes wrong with one image is an :class:`InputError` naming it: an unreadable,
-    special or oversized file, an undecodable or oversized image, whatever the decoder raises.
+    special or oversized file, an undecodable or oversized image, one whose decoding would
+    take more memory than the decode budget (:mod:`.budget`), whatever the decoder raises.
     """
     name = label or _label(source)
-    pixels = _decode(source, name, size or DEFAULT_DRAFT_SIDE, max_megapixels)
     try:
-        return fit(pixels, size, fit_to) if size else pixels
+        return _decode(source, name, size, fit_to, max_megapixels)
+    except InputError as exc:
+        exc.path = exc.path or name
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's guard, where a front-end kept it
+        raise InputError(
+            f"image too large (Pillow's decompression bomb guard): {exc}", path=name
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(_unsupported(source), path=name) from exc
     except MemoryError as exc:
-        raise InputError("not enough memory to fit the image", path=name) from exc
+        raise InputError("not enough memory to decode the image", path=name) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"corrupt or truncated image: {exc}", path=name) from exc
+    except Exception as exc:
+        raise InputError(f"corrupt image ({type(exc).__name__}: {exc})", path=name) from exc
 
 
 def prepare(source: ImageSource, how: Prepare, *, label: str | None = None) -> Pixels:
@@ -142,51 +157,74 @@ def fit(pixels: Pixels, size: int | None, how: Fit = Fit.STRETCH) -> Pixels:
     return Pixels(size, size, square.tobytes())
 
 
-def _decode(source: ImageSource, name: str, side: int, max_megapixels: float) -> Pixels:
-    try:
-        if isinstance(source, Image.Image):
-            _check_size(source.size, max_megapixels)
-            return _clean(source, name)
-        data = _read_source(source, name)
-        if not data:
+def _decode(
+    source: ImageSource, name: str, size: int | None, how: Fit, max_megapixels: float
+) -> Pixels:
+    if isinstance(source, Image.Image):
+        _check_size(source.size, max_megapixels)
+        return _clean(source, name, size, how, owned=False)
+    held = len(source) if isinstance(source, (bytes, bytearray, memoryview)) else 0
+    with _stream(source) as f:
+        if held == 0 and not f.read(1):
             raise InputError("empty file", path=name)
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+        f.seek(0)
+        with Image.open(f, formats=FORMATS) as img:
             _check_size(img.size, max_megapixels)
-            if img.format == "JPEG":
-                img.draft("RGB", (DRAFT_FACTOR * side, DRAFT_FACTOR * side))
-            img.seek(0)
-            img.load()
-            return _clean(img, name)
-    except InputError as exc:
-        exc.path = exc.path or name
-        raise
-    except Image.DecompressionBombError as exc:  # Pillow's guard, where a front-end kept it
-        raise InputError(
-            f"image too large (Pillow's decompression bomb guard): {exc}", path=name
-        ) from exc
-    except UnidentifiedImageError as exc:
-        if not HEIF and _is_heif(source):
-            raise InputError(
-                f"a HEIC/HEIF image needs its decoder: {HEIF_EXTRA}", path=name
-            ) from exc
-        raise InputError(
-            f"not a supported image (supported: {', '.join(FORMATS)})", path=name
-        ) from exc
-    except MemoryError as exc:
-        raise InputError("not enough memory to decode the image", path=name) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"corrupt or truncated image: {exc}", path=name) from exc
-    except Exception as exc:
-        raise InputError(f"corrupt image ({type(exc).__name__}: {exc})", path=name) from exc
+            rotated = _orientation(img, loaded=False) is not None
+            stretch = size if size and how is Fit.STRETCH else None
+            need = held + _decode_need(img, f, size or DEFAULT_DRAFT_SIDE, stretch, rotated)
+            what = f"{img.width}×{img.height} {img.mode}"
+            with budget.DECODES.reserve(need, what, rotated=rotated) as share:
+                img.seek(0)
+                img.load()
+                return _clean(img, name, size, how, owned=True, held=share)
+
+
+def _stream(source: ImageSource) -> BinaryIO:
+    """The encoded image as a binary stream: a path opened by the bounded reader (never a
+    FIFO or a device; Pillow reads it as it decodes, so its bytes are not held twice), or
+    the bytes themselves."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    return bounded.open_file(os.fspath(source), bounded.IMAGE)  # type: ignore[arg-type]
+
+
+def _decode_need(
+    img: Image.Image, f: BinaryIO, side: int, stretch: int | None, rotated: bool
+) -> int:
+    """The bytes decoding ``img`` and stretching it to ``stretch`` will hold at their peak
+    (:func:`budget.decode_bytes`); a JPEG's scans are counted first, and it is set to decode
+    at a reduced scale, at least twice ``side`` in each dimension."""
+    coefficients = 0
+    if img.format == "JPEG":
+        budget.check_scans(budget.jpeg_scans(f))
+        if img.info.get("progressive"):
+            coefficients = budget.progressive_coefficients(img.size, getattr(img, "layer", []))
+        img.draft("RGB", (DRAFT_FACTOR * side, DRAFT_FACTOR * side))
+    return budget.decode_bytes(
+        img.format,
+        img.mode,
+        img.size,
+        transparency="transparency" in img.info,
+        side=stretch,
+        rotated=rotated,
+        jpeg_coefficients=coefficients,
+    )
+
+
+def _unsupported(source: ImageSource) -> str:
+    if not HEIF and _is_heif(source):
+        return f"a HEIC/HEIF image needs its decoder: {HEIF_EXTRA}"
+    return f"not a supported image (supported: {', '.join(FORMATS)})"
 
 
 def _is_heif(source: ImageSource) -> bool:
     head = bytes(source[:12]) if isinstance(source, (bytes, bytearray, memoryview)) else b""
     if isinstance(source, (str, Path)):
         try:
-            with open(source, "rb") as f:
+            with bounded.open_file(source, bounded.IMAGE) as f:
                 head = f.read(12)
-        except OSError:
+        except InputError:
             return False
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
@@ -209,105 +247,146 @@ def _short(value: float, digits: int) -> str:
     return f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
 
-def _read_source(source: ImageSource, name: str) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    try:
-        return read_bounded(os.fspath(source))  # type: ignore[arg-type]
-    except InputError as exc:
-        exc.path = name
-        raise
-
-
-_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
-
-
 def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of the regular file at ``path``, refused (InputError) before reading when
-    it is a folder, a FIFO or a device, or larger than ``limit``. Opening never blocks: a
-    FIFO is opened non-blocking, seen to be one, and closed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
-        raise InputError("no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError("is a directory") from exc
-    except PermissionError as exc:
-        raise InputError("permission denied") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError("is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
-            raise InputError(f"not a regular file ({kind})")
-        _check_bytes(st.st_size, limit)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    _check_bytes(len(data), limit)  # it grew while being read
-    return data
+    """The bytes of the regular file at ``path`` (the bounded reader, :mod:`.bounded`),
+    refused before reading when it is a folder, a FIFO or a device, or larger than ``limit``."""
+    return bounded.read_file(path, replace(bounded.IMAGE, limit=limit))
+
+
+# stdin: a pipe or a file; never a terminal or a device (`describe - < /dev/zero`).
+_STDIN = bounded.Kind("an image", MAX_FILE_BYTES, InputError, streams=True)
 
 
 def read_stream(stream: BinaryIO, limit: int = MAX_FILE_BYTES) -> bytes:
-    """An image's bytes from a stream (stdin), at most ``limit`` of them."""
-    try:
-        st = os.fstat(stream.fileno())
-        if stat.S_ISREG(st.st_mode):
-            _check_bytes(st.st_size, limit)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file descriptor: the read below is bounded anyway
-    data = stream.read(limit + 1)
-    _check_bytes(len(data), limit)
-    return data
+    """An image's bytes from a stream (stdin), at most ``limit`` of them. A device is
+    refused unread; bytes that do not start like an image's are refused after the first
+    few, not after ``limit`` of them."""
+    kind = replace(_STDIN, limit=limit)
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        bounded.check_fd(stream.fileno(), kind, None)  # not a real descriptor: read anyway
+    head = stream.read(16)
+    if head and not image_head(head):
+        raise InputError(f"not a supported image (supported: {', '.join(FORMATS)})")
+    out = io.BytesIO()
+    out.write(head)
+    while out.tell() <= limit and (chunk := stream.read(min(1 << 20, limit + 1 - out.tell()))):
+        out.write(chunk)
+    if out.tell() > limit:
+        raise InputError(bounded.too_large(kind, out.tell()))
+    return out.getvalue()
 
 
-def _check_bytes(size: int, limit: int) -> None:
-    if size > limit:
-        raise InputError(
-            f"file too large for an image ({size / 2**20:,.0f} MiB; the limit is "
-            f"{limit / 2**20:,.0f} MiB)"
-        )
+# First bytes of every format FORMATS decodes.
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
 
 
-def _clean(img: Image.Image, name: str) -> Pixels:
-    img = ImageOps.exif_transpose(img) or img
-    rgb = _to_rgb(img)
-    if rgb.width < 1 or rgb.height < 1:
+def image_head(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` (16 bytes) may be a supported image."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC (a missing decoder is the record's error)
+        return head[8:12] in (b"avif", b"avis", *HEIF_BRANDS)
+    return head.startswith(_MAGIC)
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image, *, loaded: bool = True) -> Image.Transpose | None:
+    """The transposition the EXIF orientation asks for. Before the image is ``loaded``,
+    only what Pillow knows without decoding the pixels: a PNG's EXIF may follow them."""
+    if not loaded and img.format == "PNG" and "exif" not in img.info:
+        return None
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+
+
+class _Steps:
+    """The images one decode goes through, the last in ``img``: each is closed (its pixels
+    freed) as soon as the next exists, so that at most two are held at a time (the
+    caller's own image is never closed)."""
+
+    def __init__(self, img: Image.Image, owned: bool) -> None:
+        self.img = img
+        self.keep = None if owned else img
+
+    def then(self, new: Image.Image) -> Image.Image:
+        if new is not self.img and self.img is not self.keep:
+            self.img.close()
+        self.img = new
+        return new
+
+
+def _clean(
+    img: Image.Image,
+    name: str,
+    size: int | None,
+    how: Fit,
+    *,
+    owned: bool,
+    held: budget.Reservation | None = None,
+) -> Pixels:
+    """Orient ``img``, convert it to 8-bit RGB, stretch it to ``size`` if ``how`` says so,
+    and rebuild it from raw bytes, which guarantees that no metadata rides along. ``held``:
+    the decode's share of the budget, counted without a rotation if it was not known yet."""
+    steps = _Steps(img, owned)
+    method = _orientation(img)
+    if method is not None:
+        if held is not None and not held.rotated:
+            held.grow(budget.image_bytes(img.mode, img.size))  # the rotated copy
+        steps.then(img.transpose(method))
+    _to_rgb(steps)
+    if steps.img.width < 1 or steps.img.height < 1:
         raise InputError("image has no pixels", path=name)
-    # Rebuilding from raw bytes guarantees that no metadata rides along.
-    return Pixels(rgb.width, rgb.height, rgb.tobytes())
+    if size and how is Fit.STRETCH and steps.img.size != (size, size):
+        steps.then(steps.img.resize((size, size), Image.Resampling.BICUBIC))
+    rgb = steps.img
+    pixels = Pixels(rgb.width, rgb.height, rgb.tobytes())
+    steps.then(rgb)  # nothing new: the last image stays with the caller's `with`
+    return pixels
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(steps: _Steps) -> None:
+    """``steps.img`` as 8-bit RGB: 16/32-bit grey scaled, not clipped; alpha (a palette's
+    transparency too) flattened onto white."""
+    img = steps.img
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16/32-bit grey: scale to 8 bits instead of clipping everything above 255.
         if mode.startswith("I;16"):
             top = 65535.0
+            img = steps.then(img.convert("I"))
         else:
             extrema = img.getextrema()
             top = float(max(1, int(extrema[1])))  # type: ignore[arg-type]
         scale = 255.0 / top
-        img = img.convert("I").point(lambda v: v * scale).convert("L")
+        img = steps.then(img.point(lambda v: v * scale))
+        img = steps.then(img.convert("L"))
     elif mode == "F":
-        img = img.convert("L")
+        img = steps.then(img.convert("L"))
     if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+        img = steps.then(img.convert("RGBA"))
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else steps.then(img.convert("RGBA"))
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode != "RGB":
-        return img.convert("RGB")
-    return img
+        flat = Image.alpha_composite(background, rgba)
+        background.close()
+        img = steps.then(flat)
+        img = steps.then(img.convert("RGB"))
+    elif img.mode != "RGB":
+        steps.then(img.convert("RGB"))

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import UsageError
-from .images import EXTENSIONS, HEIF_BRANDS
+from . import bounded
+from .errors import InputError, UsageError
+from .images import EXTENSIONS, image_head
 
 STDIN = "-"
 _CHUNK = 1 << 16
@@ -87,23 +88,46 @@ def read_list(stream: BinaryIO, *, null: bool = False) -> Iterator[str]:
 
     Each path is handed out as soon as its separator has arrived: on a pipe fed slowly (a
     folder watcher), ``read1`` returns what is there instead of waiting for a full chunk.
+    An entry longer than :data:`MAX_ENTRY` bytes (a file with no separator in it: -0 was
+    wrong, or it is not a list), or :data:`MAX_EMPTY` bytes of separators with no path
+    between them (``/dev/zero`` through a pipe), is a usage error: nothing is held beyond one
+    entry and one chunk, so reading stays linear whatever the stream holds.
     """
     sep = b"\0" if null else b"\n"
     read = getattr(stream, "read1", stream.read)
     pending = b""
-    while True:
-        chunk = read(_CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        *complete, pending = pending.split(sep)
+    entry, empty = 1, 0
+    while chunk := read(_CHUNK):
+        *complete, pending = (pending + chunk).split(sep)
         for raw in complete:
             name = _clean_entry(raw, null)
+            empty = 0 if name else empty + len(raw) + 1
             if name:
                 yield name
+            entry += 1
+        _check_entry(len(pending), entry, empty, null)
     name = _clean_entry(pending, null)
     if name:
         yield name
+
+
+# No path is this long (Linux's PATH_MAX is 4,096 bytes with its NUL).
+MAX_ENTRY = 4096
+MAX_EMPTY = 1 << 20
+
+
+def _check_entry(pending: int, entry: int, empty: int, null: bool) -> None:
+    if pending > MAX_ENTRY:
+        hint = "" if null else " (a NUL-separated list needs -0)"
+        raise UsageError(
+            f"entry {entry:,} of the --files-from list is longer than {MAX_ENTRY:,} bytes, "
+            f"longer than any path: it is not a list of paths{hint}"
+        )
+    if empty > MAX_EMPTY:
+        raise UsageError(
+            f"no path in the first {MAX_EMPTY:,} bytes of separators of the --files-from list: "
+            "it is not a list of paths"
+        )
 
 
 def _clean_entry(raw: bytes, null: bool) -> str:
@@ -143,8 +167,27 @@ def _first_time(path: str, seen: set[str]) -> bool:
 def _walk(
     top: str, recursive: bool, visited: set[tuple[int, int]], tally: Tally
 ) -> Iterator[Source]:
-    """Images under ``top``, sorted by name, hidden entries skipped, symlink loops cut; a
-    folder that cannot be listed is a Source carrying the reason."""
+    """Images under ``top``, sorted by name, each folder's files before its subfolders,
+    hidden entries skipped, symlink loops cut; a folder that cannot be listed is a Source
+    carrying the reason. Walked with a stack of folders, never recursively: how deep a
+    tree goes is up to whoever made it."""
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        subdirs: list[str] = []
+        yield from _folder(folder, recursive, visited, tally, subdirs)
+        pending.extend(reversed(subdirs))
+
+
+def _folder(
+    top: str,
+    recursive: bool,
+    visited: set[tuple[int, int]],
+    tally: Tally,
+    subdirs: list[str],
+) -> Iterator[Source]:
+    """The images directly in ``top``; its subfolders go into ``subdirs`` when
+    ``recursive``."""
     try:
         st = os.stat(top)
     except OSError as exc:
@@ -160,7 +203,6 @@ def _walk(
     except OSError as exc:
         yield Source(top, error=f"cannot read the folder: {exc.strerror or exc}")
         return
-    subdirs: list[str] = []
     images: list[str] = []
     others: list[str] = []
     for entry in entries:
@@ -187,20 +229,6 @@ def _walk(
     of = tally.sidecars_of
     ours = {sidecar for name in images for sidecar in of(name)} if of else set()
     tally.not_images += sum(1 for name in others if name not in ours)
-    for sub in subdirs:
-        yield from _walk(sub, recursive, visited, tally)
-
-
-# First bytes of every format images.FORMATS decodes.
-_MAGIC = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",  # PNG
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",  # BMP
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-)
 
 
 def looks_like_image(path: str) -> bool:
@@ -211,21 +239,8 @@ def looks_like_image(path: str) -> bool:
     without blocking and not read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        with bounded.open_file(path, bounded.IMAGE) as f:
+            head = f.read(16)
+    except (InputError, OSError):
         return True
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return True
-        head = os.read(fd, 16)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    if not head:
-        return True
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return True
-    if head[4:8] == b"ftyp":  # ISO-BMFF: AVIF, HEIC (a missing decoder is the record's error)
-        return head[8:12] in (b"avif", b"avis", *HEIF_BRANDS)
-    return head.startswith(_MAGIC)
+    return not head or image_head(head)

@@ -11,12 +11,14 @@ holds one case per row. :mod:`.driver` runs a job; a backend (:mod:`.backends`) 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from . import bounded
 from .errors import UsageError
 from .images import EXTENSIONS
 from .prompts import Style
@@ -188,14 +190,15 @@ class Job:
                 listing.close()
 
     def _open_list(self) -> BinaryIO | None:
+        """The --files-from list, opened by the bounded reader: a file or a pipe, never a
+        device (``/dev/zero``) or a FIFO nobody writes to (opened without blocking)."""
         files_from = self.settings.inputs.files_from
         if files_from is None:
             return None
-        if files_from == "-":
-            return sys.stdin.buffer
-        try:
-            return open(files_from, "rb")
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read --files-from: {exc.strerror or exc}", path=files_from
-            ) from exc
+        if files_from != "-":
+            return bounded.open_file(files_from, bounded.LIST)
+        stdin = sys.stdin.buffer
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            if not stdin.isatty():  # paths typed by hand are a list too
+                bounded.check_fd(stdin.fileno(), bounded.LIST, "-")
+        return stdin

@@ -2,8 +2,10 @@
 
 The CLI's local backend, a Ray worker, the Python API and ``doctor``'s self-check all open
 their model here, so each gets the same files (checked against their manifest), the same
-engine options, the same sampling and the same image preparation; the size check is taken
-over from Pillow here once, not remembered per front-end.
+engine options, the same sampling and the same image preparation. Pillow's own bomb guard is
+left as the process has it: the front-ends that own their process (the CLI, a Ray worker) hand
+the size check to mdream (``images.own_the_size_check``); the Python API leaves it to the
+application that embeds mdream.
 """
 
 from __future__ import annotations
@@ -53,9 +55,8 @@ def open_model(
     the caller resolved them already (``doctor`` turns the guard on in between). With
     ``scoring``, answers are the probability of yes (``mdream grep``; ``yes_no_tokens``)."""
     from .engine import Engine
-    from .images import Prepare, own_the_size_check
+    from .images import Prepare
 
-    own_the_size_check()
     files = files or locate.resolve(settings.model.model_dir)
     sampling = settings.sampler(max_tokens)
     engine = Engine(files, settings.engine_options(batch=batch, seq_tokens=seq_tokens))

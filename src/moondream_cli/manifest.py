@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from . import bounded
 from .errors import ModelError
 
 MANIFEST = "manifest.json"
@@ -124,16 +125,12 @@ def _parse_entry(item: object, where: str) -> FileEntry:
 
 def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read manifest: {exc.strerror or exc}", path=str(path)) from exc
-    return parse_manifest(text, where=str(path))
+    return parse_manifest(bounded.read_file(path, bounded.MANIFEST), where=str(path))
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with bounded.open_file(path, bounded.GGUF) as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             if progress:
@@ -210,8 +207,8 @@ def failed_check(directory: Path) -> str | None:
 def verified_recently(directory: Path, manifest: Manifest) -> bool:
     """True when every file still has the size and mtime recorded after its last full hash."""
     try:
-        record = json.loads((directory / VERIFIED).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        record = json.loads(bounded.read_text(directory / VERIFIED, bounded.VERIFIED))
+    except (ModelError, ValueError, RecursionError):
         return False
     if not isinstance(record, dict):
         return False

@@ -12,7 +12,8 @@ images wait, plus one per worker being decoded.
 
 Rule for the main thread: every wait on a lock here (a queue, a future) happens inside
 ``interrupt.shielded()`` with a short timeout, so Ctrl-C never lands while a lock is half
-taken and still ends a long wait promptly.
+taken and still ends a long wait promptly. The decoding threads are daemons (:class:`_Pool`):
+Ctrl-C and SIGTERM end the process without waiting for a decode to finish.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import interrupt
 
@@ -36,6 +37,44 @@ _DONE = object()
 
 def default_workers() -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class _Pool:
+    """``workers`` daemon threads running what is submitted, in order. Not a
+    ``ThreadPoolExecutor``: Python joins its threads at exit, so a SIGTERM landing during a
+    slow decode waited for the decode to end (32 s, seen) before the process could exit."""
+
+    def __init__(self, workers: int) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"mdream-decode-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Let each thread end after what it is doing; nothing waits for them."""
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 class _Crashed:
@@ -61,13 +100,13 @@ class Decoder(Generic[S, T]):
         lookahead: int = 3,
     ) -> None:
         self._workers = workers or default_workers()
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mdream-decode")
         self._pending: queue.Queue[object] = queue.Queue(maxsize=max(1, lookahead))
         self._stop = threading.Event()
         self._walker = threading.Thread(
             target=self._walk, args=(sources, decode, now), name="mdream-inputs", daemon=True
         )
         with interrupt.shielded():
+            self._pool = _Pool(self._workers)
             self._walker.start()
 
     def _walk(
@@ -154,7 +193,7 @@ class Decoder(Generic[S, T]):
             except queue.Empty:
                 pass
             self._walker.join(timeout=1.0)
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
 
     def __enter__(self) -> Decoder[S, T]:
         return self

@@ -1,4 +1,4 @@
-"""The one record type, its renderers (text, JSONL, CSV, TSV) and the atomic sidecar writer.
+"""The one record type, its renderers (text, JSONL, CSV, TSV), and sidecars' names.
 
 A record is one (image, question) pair: ``path``, ``answer``, ``question``, ``error``,
 ``elapsed_ms``. Exactly one of ``answer`` and ``error`` is set. Each renderer turns a record
@@ -8,20 +8,17 @@ sees half a record.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import json
 import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .errors import InputError, OutputError, UsageError
+from .errors import UsageError
 
 
 class SidecarName(str, Enum):
@@ -104,12 +101,13 @@ class TextRenderer(Renderer):
 class JsonlRenderer(Renderer):
     """One JSON object per line, UTF-8. A file name that is not valid UTF-8 keeps its bytes:
     each undecodable byte 0xNN is written as the escape ``\\udcNN`` (Python's
-    ``os.fsencode(json.loads(line)["path"])`` gives the exact name back)."""
+    ``os.fsencode(json.loads(line)["path"])`` gives the exact name back). DEL and the C1
+    controls, which JSON may leave raw, are escaped as ``\\u007f``…``\\u009f`` too."""
 
     def render(self, record: Record) -> str:
         data = {name: getattr(record, name) for name in FIELDS}
         text = json.dumps(data, ensure_ascii=False)
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+        return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 class CsvRenderer(Renderer):
@@ -150,15 +148,19 @@ def renderer(fmt: Format | str, *, single: bool = False, with_question: bool = F
     return CsvRenderer() if chosen is Format.CSV else TsvRenderer()
 
 
-# C0 controls, DEL and C1 controls: never shown raw (a terminal acts on them).
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_ROWS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # keeps \t \n \r
-_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+# C0 controls, DEL and C1 controls: never shown raw (a terminal acts on them); nor the bytes
+# 0x80–0x9F of a file name that is not UTF-8 (kept as U+DC80–U+DC9F), which are C1 controls
+# to a terminal that reads 8 bits.
+_C1_BYTES = "\udc80-\udc9f"
+_CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_C1_BYTES}]")
+_CONTROLS_BUT_ROWS = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_C1_BYTES}]")  # \t \n \r
+_JSON_RAW = re.compile("[\x7f-\x9f\udc80-\udcff]")  # what json.dumps leaves raw
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def _hex(match: re.Match[str]) -> str:
-    return f"\\x{ord(match.group()):02x}"
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"  # a name's byte as itself
 
 
 def escape(text: str) -> str:
@@ -208,54 +210,3 @@ def sidecar_path(
     if sidecar_naming(ext, naming) is SidecarName.FULL:
         return path.with_name(path.name + ext)
     return path.with_suffix(ext)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-# A disk that is full or read-only fails every further sidecar too: the run stops (exit 5).
-_FATAL = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
-
-
-def write_atomic(path: Path, text: str, *, durable: bool = False, mode: int | None = None) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
-
-    The text goes to a temporary file in the same folder, which then replaces ``path``
-    (``os.replace`` is atomic within a filesystem, and replaces a link rather than writing
-    through it). Failed or interrupted, the temporary file is removed. A failure that every
-    further write would meet too (a full or read-only disk) is an OutputError. ``durable``
-    flushes the new file to the disk before the rename, so that even a power cut leaves the
-    old file or the new one (for files that hold more than mdream's answer: XMP sidecars);
-    ``mode`` is the new file's permissions (default: 0666 less the umask).
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _write_error(exc, path) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE if mode is None else mode)
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _write_error(exc, path) from exc
-        raise
-
-
-def _write_error(exc: OSError, path: Path) -> InputError | OutputError:
-    message = f"cannot write sidecar: {exc.strerror or exc}"
-    if exc.errno in _FATAL:
-        return OutputError(message, path=str(path))
-    return InputError(message, path=str(path))

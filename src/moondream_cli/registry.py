@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import bounded, paths
 from . import manifest as mf
-from . import paths
 from .errors import ModelError
 
 NO_MODEL_HINT = (
@@ -36,9 +36,9 @@ def installed_names() -> list[str]:
 def named_default() -> str | None:
     """The bundle ``MDREAM_HOME/default`` names, if it is installed."""
     try:
-        named = paths.default_file().read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
+        named = bounded.read_text(paths.default_file(), bounded.DEFAULT).strip()
+    except ModelError:
+        return None  # missing, or not a small text file: as if none were named
     return named if named in installed_names() else None
 
 

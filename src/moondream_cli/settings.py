@@ -30,11 +30,17 @@ if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
 MAX_BATCH = 256
 
 
-def _at_least(name: str, value: float | None, least: float) -> None:
+def _at_least(name: str, value: float | None, least: float, most: float | None = None) -> None:
     """The one range check of a numeric setting, for the command line and the Python API
     alike: a usage error (exit 2) that names the setting, not a command-line flag."""
     if value is not None and not value >= least:  # NaN too
         raise UsageError(f"{name} must be at least {least:g}, not {value:g}")
+    if value is not None and most is not None and value > most:
+        raise UsageError(f"{name} must be at most {most:g}, not {value:g}")
+
+
+# ggml's GGML_MAX_N_THREADS: more crashed it (65,536: SIGSEGV; 32,768: libgomp gave up).
+MAX_THREADS = 512
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class ModelOptions:
     max_megapixels: float = 250  # larger images are refused (images.MAX_MEGAPIXELS, the same)
 
     def __post_init__(self) -> None:
-        _at_least("threads", self.threads, 1)
+        _at_least("threads", self.threads, 1, MAX_THREADS)
         _at_least("batch", self.batch, 1)
         if self.batch is not None and self.batch > MAX_BATCH:
             raise UsageError(

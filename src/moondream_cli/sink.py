@@ -3,23 +3,24 @@ managers: :mod:`.xmp`), progress and notes.
 
 Every record lands whole or not at all (one write each, flushed, inside
 ``interrupt.shielded()``). Sidecars are checked before their image is decoded, so a folder
-that cannot take them or two images that would share one costs no inference; a sidecar
-never replaces an image or anything that is not a regular file, and is written atomically
-(``records.write_atomic``: a link at its name is replaced, never written through). When
-stdout or the disk can take nothing more, the run stops with an :class:`OutputError`
-(exit 5) instead of answering images whose answers would be lost.
+that cannot take them, a name too long for one, or two images that would share one costs no
+inference; a sidecar never replaces an image or anything that is not a regular file, and is
+checked and written through a descriptor of its folder opened without following links
+(:mod:`.sidecars`: a folder swapped for a link mid-run is refused, a link at its name is
+replaced, never written through). When stdout or the disk can take nothing more (full,
+read-only), the run stops with an :class:`OutputError` (exit 5) instead of answering images
+whose answers would be lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from . import interrupt
+from . import interrupt, sidecars
 from .errors import InputError, MdreamError, OutputError
 from .images import EXTENSIONS
 from .inputs import Source, Tally
@@ -33,7 +34,6 @@ from .records import (
     normalize_ext,
     sidecar_naming,
     sidecar_path,
-    write_atomic,
 )
 from .settings import OutputOptions
 
@@ -79,6 +79,7 @@ class Sink:
         self.ext = normalize_ext(policy.ext)
         if policy.sidecar or xmp is not None:
             self.tally.sidecars_of = self._sidecar_names
+        self.folders = sidecars.Folders()  # each resolved once, then opened link-free
 
     def _sidecar_names(self, image: str) -> tuple[str, ...]:
         text = (sidecar_path(image, self.ext, self.policy.sidecar_name).name,)
@@ -147,19 +148,8 @@ class Sink:
                 )
             raise InputError(f"{path} is the sidecar of {other} too")
         self.planned[key] = source.label
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise InputError(f"cannot check its sidecar {path}: {exc.strerror}") from exc
-        if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-            raise InputError(f"its sidecar {path} exists and is not a regular file")
-        if st is not None and not s.overwrite:
-            return True
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write its sidecar: {path.parent} is not writable")
-        return False
+        with self.folders.opened(path.parent) as folder:
+            return sidecars.check_before(folder, path.name, s.overwrite, path)
 
     def consume(self, results: Iterator[ImageResult]) -> None:
         outcome, progress = self.outcome, self.progress
@@ -266,23 +256,15 @@ class Sink:
         try:
             if self.xmp is not None and not self.policy.overwrite and os.path.lexists(path):
                 return record  # kept: the image was answered for its XMP sidecar
-            if path.suffix.lower() in EXTENSIONS or _is_image(path):
-                raise InputError(f"{path} is an image: a sidecar never replaces one")
-            with interrupt.shielded():  # the sidecar lands whole, or not at all
-                write_atomic(path, record.answer + "\n")
+            with self.folders.opened(path.parent) as folder:
+                if path.suffix.lower() in EXTENSIONS or sidecars.holds_an_image(folder, path.name):
+                    raise InputError(f"{path} is an image: a sidecar never replaces one")
+                with interrupt.shielded():  # the sidecar lands whole, or not at all
+                    sidecars.write(folder, path.name, record.answer + "\n", path)
             self.outcome.sidecars += 1
         except InputError as exc:
             return Record(record.path, record.question, None, exc.message, record.elapsed_ms)
         return record
-
-
-def _is_image(path: os.PathLike[str]) -> bool:
-    from .inputs import looks_like_image
-
-    try:
-        return os.path.getsize(path) > 0 and looks_like_image(os.fspath(path))
-    except OSError:
-        return False
 
 
 def _s(n: int) -> str:

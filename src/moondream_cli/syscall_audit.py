@@ -57,7 +57,8 @@ CHECKS = (
     Check(
         "folder-sidecar",
         ("describe", "pics", "-r", "--sidecar"),
-        outputs=("pics/*.txt", "pics/*.txt.*", "pics/.*.txt*"),
+        # Each sidecar and its temporary file (sidecars.write), nothing else.
+        outputs=("pics/*.txt", "pics/.mdream-*.tmp"),
     ),
     Check(
         "grep",

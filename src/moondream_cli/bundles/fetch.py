@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, paths, reference
+from .. import __version__, bounded, paths, reference
 from .. import manifest as mf
 from ..errors import FetchError, MdreamError, ModelError, UsageError
 from ..pairing import check_pair
@@ -211,7 +211,7 @@ def _copy(src: Path, dst: Path, progress: Progress, label: str) -> str:
     digest = hashlib.sha256()
     progress.start(label, src.stat().st_size)
     try:
-        with open(src, "rb") as fin, open(dst, "xb") as fout:
+        with bounded.open_file(src, bounded.GGUF) as fin, open(dst, "xb") as fout:
             while chunk := fin.read(_CHUNK):
                 digest.update(chunk)
                 fout.write(chunk)

@@ -8,14 +8,12 @@ place only when all of them check out. Inference never imports this module.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import bounded, paths
 from .. import manifest as mf
-from .. import paths
 from ..errors import BundleError, ModelError
 from ..pairing import check_pair
 from ..progress import Progress
@@ -41,18 +39,10 @@ def install(
     """Check and install a bundle tarball under ``MDREAM_HOME``; all or nothing."""
     progress = progress or Progress()
     where = str(tarball)
-    try:
-        raw = open(tarball, "rb")  # noqa: SIM115 - closed by the `with` below
-    except FileNotFoundError as exc:
-        raise BundleError("no such file", path=where) from exc
-    except IsADirectoryError as exc:
-        raise BundleError("is a directory, not a bundle tarball", path=where) from exc
-    except OSError as exc:
-        raise BundleError(f"cannot read: {exc.strerror or exc}", path=where) from exc
+    # Opened without blocking (a FIFO is refused, not waited on), a regular file only.
+    raw = bounded.open_file(tarball, bounded.TARBALL)
     with raw:
         try:
-            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-                raise BundleError("not a regular file (a bundle is a plain .tar)", path=where)
             # Before tarfile parses anything: it must never see a huge pax header.
             check_headers(raw, where)
             tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 - closed below
@@ -216,8 +206,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> b
 
 def _manifest_equal(target: Path, manifest_bytes: bytes) -> bool:
     try:
-        return (target / mf.MANIFEST).read_bytes() == manifest_bytes
-    except OSError:
+        return bounded.read_file(target / mf.MANIFEST, bounded.MANIFEST) == manifest_bytes
+    except ModelError:
         return False
 
 

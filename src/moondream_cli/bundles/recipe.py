@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import bounded
 from .. import manifest as mf
 from ..errors import BundleError, UsageError
 
@@ -87,13 +88,9 @@ def load_recipe(name_or_file: str | None = None) -> Recipe:
         return parse_recipe(res.read_bytes(), origin=f"shipped recipe {spec}")
     path = Path(spec).expanduser()
     if path.suffix == ".json" or path.exists():
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise UsageError("no such recipe file", path=str(path)) from exc
-        except OSError as exc:
-            raise BundleError(f"cannot read recipe: {exc.strerror or exc}", path=str(path)) from exc
-        return parse_recipe(data, origin=str(path))
+        if not path.exists() and not path.is_symlink():
+            raise UsageError("no such recipe file", path=str(path))
+        return parse_recipe(bounded.read_file(path, bounded.RECIPE), origin=str(path))
     raise UsageError(
         f"unknown recipe {spec!r} — shipped recipes: {', '.join(shipped())}; or give a JSON file"
     )

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
+from .. import bounded
 from .. import manifest as mf
 from ..errors import BundleError, MdreamError, ModelError, UsageError
 from ..progress import Progress
@@ -89,7 +90,7 @@ def pack(
 
 def _add_checked(tar: tarfile.TarFile, path: Path, entry: mf.FileEntry, progress: Progress) -> None:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with bounded.open_file(path, bounded.GGUF) as f:
         if os.fstat(f.fileno()).st_size != entry.size:
             raise ModelError("size differs from the manifest", path=str(path))
         tar.addfile(_member(entry.path, entry.size), _HashingReader(f, digest, progress))
@@ -179,8 +180,4 @@ class _HashingReader:
 
 
 def _read_manifest_bytes(directory: Path) -> bytes:
-    path = directory / mf.MANIFEST
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read manifest: {exc.strerror or exc}", path=str(path)) from exc
+    return bounded.read_file(directory / mf.MANIFEST, bounded.MANIFEST)

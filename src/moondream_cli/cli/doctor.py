@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from ..records import escape_line
 from ..settings import ModelOptions, Settings
 from .options import with_groups
 from .output import claim_stdout
@@ -115,4 +116,5 @@ def render_text(report: Report, out: TextIO) -> None:
     rows.append(("healthy", "yes" if report.healthy else "no"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        out.write(f"{key.ljust(width)}  {value}\n")
+        # Names, paths, manifests and the model's answer: one line each, never a control.
+        out.write(f"{key.ljust(width)}  {escape_line(value)}\n")

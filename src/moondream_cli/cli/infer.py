@@ -203,6 +203,7 @@ def _run(job: Job) -> None:
     from ..driver import run_job
     from ..engine import native
     from ..errors import EXIT_INPUT, Failed
+    from ..images import own_the_size_check
     from .output import Output, claim_stdout
 
     if "-" in job.inputs and _isatty(sys.stdin):
@@ -212,6 +213,7 @@ def _run(job: Job) -> None:
         )
     backend_for(job.settings).preflight(job)  # a cluster's address, before the guard
     guard.forbid_network()
+    own_the_size_check()  # this process is the CLI's: mdream's size check, not Pillow's
     out = claim_stdout(needed=job.fmt is not None)
     with Output(quiet=job.settings.console.quiet) as output:
         native.set_log_writer(output.native_log)

@@ -54,6 +54,7 @@ class Runtime:
 
     def __init__(self, files: ModelFiles, options: EngineOptions) -> None:
         native.route_logs_to_stderr(options.verbose)
+        native.catch_aborts()  # a GGML_ASSERT: one line and exit 3, not a core dump
         self.files = files
         self.threads = options.threads or physical_cores()
         self.on_gpu = options.gpu and native.gpu_offload()

@@ -111,7 +111,7 @@ class Slot:
             model,
             temperature=sampling.temperature,
             seed=sampling.seed,
-            grammar=sampling.grammar,
+            grammar=model.grammar(sampling.grammar),  # parsed once per model, cloned per answer
             ban_eos=sampling.fixed_length,
         )
         self.stream = TextStream(sampling, model.piece, model.is_eog, on_text)

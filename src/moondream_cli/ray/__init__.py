@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelError, NetworkAttempted, UsageError
 from ..inputs import Source
-from ..records import Record, escape_line
+from ..records import Record
+from .auth import first_sentences, refuse_a_cluster_that_takes_no_token
 
 if TYPE_CHECKING:
     from ..backends import Hooks
@@ -81,6 +82,7 @@ class RayBackend:
         address = job.settings.cluster.ray
         ray = _import_ray(address)
         _refuse_an_open_cluster()
+        refuse_a_cluster_that_takes_no_token(address)  # before anything of the job is sent
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", **_local(address))
         except Exception as exc:  # ConnectionError, and Ray's own kinds
@@ -125,7 +127,7 @@ class Notices(io.TextIOBase):
         for line in done:
             line = _COLOUR.sub("", line).removeprefix("(raylet) ").strip()
             if line and not _LOG_LINE.match(line):  # a dead raylet's log tail: noise here
-                self.lines.append(_sentences(line, 2) + ".")
+                self.lines.append(first_sentences(line, 2) + ".")
         return len(text)
 
     def pass_on(self, note: Callable[[str], None]) -> None:
@@ -213,7 +215,11 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, str]:
     actors = [remote.remote(job) for _ in range(count)]
     link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
-    answers = ray.get([actor.ready.remote() for actor in actors])
+    try:
+        answers = ray.get([actor.ready.remote() for actor in actors])
+    except Exception as exc:  # ActorDiedError: it died loading the model (a GGML_ASSERT, OOM)
+        why = first_sentences(str(exc), 1)[:300]
+        raise ModelError(f"a Ray worker died while it loaded the model ({why})") from exc
     for _, problem, _ in answers:
         if problem is not None:
             raise ModelError(problem)
@@ -229,6 +235,7 @@ def _answers(
     unordered = job.settings.cluster.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
     done: dict[int, ImageResult] = {}
+    sent: dict[int, Source] = {}  # what the driver asked about, by index: records' own paths
     chunk: list[Item] = []
     in_flight = 0
     for index, source in items:
@@ -239,19 +246,22 @@ def _answers(
             done[index] = settled
         else:
             chunk.append((index, source))
+            sent[index] = source
         if len(chunk) >= CHUNK:
             _submit(pool, chunk, link)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:
-            _collect(pool, done, link)
+            _collect(pool, Expected(sent, job.questions), done, link)
             in_flight -= 1
         yield from _release(order, done, unordered)
     if chunk:
         _submit(pool, chunk, link)
         in_flight += 1
     for _ in range(in_flight):
-        _collect(pool, done, link)
+        _collect(pool, Expected(sent, job.questions), done, link)
         yield from _release(order, done, unordered)
+    if sent:  # every chunk came back, and some of what it held did not
+        raise ModelError(f"the Ray workers left {len(sent)} inputs unanswered")
 
 
 def _submit(pool: Any, chunk: list[Item], link: Link) -> None:
@@ -276,15 +286,49 @@ def _settled(source: Source, skip: Skip) -> ImageResult | None:
     return None
 
 
-def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
-    """One chunk's answers, from whichever worker finishes first; the first set per index is
-    kept (a retried chunk answers again)."""
+@dataclass(frozen=True)
+class Expected:
+    """What the driver sent and asked, to match a worker's answers against: by index, the
+    input (its path is the records' path, and the sidecar's) and the questions, in order."""
+
+    sent: dict[int, Source]
+    questions: tuple[str, ...]
+
+    def records(self, index: object, fields: object) -> tuple[Source, list[Record]] | None:
+        """The worker's record fields for ``index`` as records of the driver's own input;
+        None when the index was never sent or was answered already (a retried chunk)."""
+        source = self.sent.pop(index, None) if isinstance(index, int) else None
+        if source is None:
+            return None
+        if not isinstance(fields, list) or len(fields) != len(self.questions):
+            raise ModelError("a Ray worker answered with records that do not fit the job")
+        records = []
+        for question, field in zip(self.questions, fields, strict=True):
+            if not isinstance(field, dict):
+                raise ModelError("a Ray worker answered with records that do not fit the job")
+            answer, error = field.get("answer"), field.get("error")
+            ms = field.get("elapsed_ms")
+            if field.get("question") != question or not _text_or_none(answer, error):
+                raise ModelError("a Ray worker answered with records that do not fit the job")
+            ms = ms if isinstance(ms, int) and not isinstance(ms, bool) else 0
+            records.append(Record(source.label, question, answer, error, ms))
+        return source, records
+
+
+def _text_or_none(*values: object) -> bool:
+    return all(v is None or isinstance(v, str) for v in values)
+
+
+def _collect(pool: Any, expected: Expected, done: dict[int, ImageResult], link: Link) -> None:
+    """One chunk's answers, from whichever worker finishes first, each matched by its index
+    to the input the driver sent (never to the path a worker names); the first set per index
+    is kept (a retried chunk answers again)."""
     from ..runner import ImageResult
 
     try:
         answered = pool.get_next_unordered()
     except Exception as exc:  # a worker that died past its restarts, a node that died
-        why = _sentences(str(exc), 1)[:300]
+        why = first_sentences(str(exc), 1)[:300]
         raise ModelError(
             f"a Ray worker failed and Ray's retries ran out ({why}); the records written so "
             "far are whole: --resume or --sidecar continues the run"
@@ -298,15 +342,10 @@ def _collect(pool: Any, done: dict[int, ImageResult], link: Link) -> None:
                 if code == NetworkAttempted.exit_code
                 else ModelError(message)
             )
-        index, source, records = entry
-        done.setdefault(index, ImageResult(source, [Record(**r) for r in records]))
-
-
-def _sentences(text: str, n: int) -> str:
-    """The first ``n`` sentences of what Ray said, on one line and escaped, without the
-    final full stop."""
-    one_line = " ".join(text.split())
-    return escape_line(". ".join(one_line.split(". ")[:n]).rstrip("."))
+        index, fields = entry
+        matched = expected.records(index, fields)
+        if matched is not None:
+            done[index] = ImageResult(*matched)
 
 
 def _release(order: deque[int], done: dict[int, ImageResult], unordered: bool) -> Results:

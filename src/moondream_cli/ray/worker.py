@@ -28,6 +28,7 @@ class Worker:
     def __init__(self, job: Job) -> None:
         import ray
 
+        from ..images import own_the_size_check
         from ..loader import open_model
 
         self.job = job
@@ -36,6 +37,7 @@ class Worker:
         self.model: OpenModel | None = None
         self.problem: str | None = None
         guard.forbid_network()
+        own_the_size_check()  # a worker's process is mdream's: its size check, not Pillow's
         sampling = job.settings.sampler(job.max_tokens)
         try:
             self.model = open_model(
@@ -53,7 +55,8 @@ class Worker:
         return self.node_id, self.problem, self.model.files.name if self.model else ""
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
-        """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
+        """``(index, [record fields])`` per input, or one ``("fatal", code, why)``: the
+        driver matches them to its own inputs by index."""
         from ..runner import answer_inputs
 
         if self.model is None:
@@ -74,6 +77,6 @@ class Worker:
         except MdreamError as exc:  # the network guard (exit 4), a broken model (3)
             return [("fatal", exc.exit_code, f"on Ray node {self.node}: {exc}")]
         return [
-            (index, result.source, [dataclasses.asdict(r) for r in result.records])
+            (index, [dataclasses.asdict(r) for r in result.records])
             for (index, _), result in zip(chunk, results, strict=True)
         ]

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import InputError, UsageError
-from .rules import NAMESPACE, PREFIX, Fields, Items, Kind, Value
+from .rules import NAMESPACE, PREFIX, ArrayKind, Fields, Items, Value
 
 INSTALL = "pip install 'mdream[xmp]'"
 _LOCK = threading.Lock()
@@ -143,7 +143,7 @@ def _value(exiv2: Any, key: str, value: Any) -> Value:
         alt = dict(value)
         return {"x-default": alt.pop("x-default")} | alt if "x-default" in alt else alt
     if kind in (exiv2.TypeId.xmpBag, exiv2.TypeId.xmpSeq, exiv2.TypeId.xmpAlt):
-        seq = Kind.SEQ if kind == exiv2.TypeId.xmpSeq else Kind.BAG
+        seq = ArrayKind.SEQ if kind == exiv2.TypeId.xmpSeq else ArrayKind.BAG
         return Items(tuple(str(item) for item in value), seq)
     text = str(value)
     if kind != exiv2.TypeId.xmpText or text.startswith("type="):
@@ -157,7 +157,7 @@ def _set(exiv2: Any, xmp: Any, key: str, value: Value) -> None:
         if xmp.findKey(exiv2.XmpKey(key)) != xmp.end():
             del xmp[key]
     elif isinstance(value, Items):
-        type_id = exiv2.TypeId.xmpSeq if value.kind is Kind.SEQ else exiv2.TypeId.xmpBag
+        type_id = exiv2.TypeId.xmpSeq if value.kind is ArrayKind.SEQ else exiv2.TypeId.xmpBag
         xmp[key] = exiv2.XmpArrayValue(list(value.values), type_id)
     elif isinstance(value, dict):
         xmp[key] = exiv2.LangAltValue(value)

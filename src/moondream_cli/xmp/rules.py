@@ -42,7 +42,7 @@ WRITTEN_WITH = "Xmp.mdream.writtenWith"
 WRITTEN_ON = "Xmp.mdream.writtenOn"
 
 
-class Kind(str, Enum):
+class ArrayKind(str, Enum):
     """An XMP array's kind: unordered (Bag) or ordered (Seq)."""
 
     BAG = "Bag"
@@ -54,7 +54,7 @@ class Items:
     """An XMP array of text values."""
 
     values: tuple[str, ...]
-    kind: Kind = Kind.BAG
+    kind: ArrayKind = ArrayKind.BAG
 
 
 # A property's value as mdream reads and writes it: text, an array, a language alternative
@@ -65,9 +65,9 @@ Fields = dict[str, Value]
 # (the field, where mdream lists what it added there, the field's array kind, the separator
 # between a keyword and its root: None for a flat keyword)
 KEYWORD_FIELDS = (
-    (SUBJECT, OWN_SUBJECT, Kind.BAG, None),
-    (HIERARCHICAL, OWN_HIERARCHICAL, Kind.BAG, "|"),
-    (TAGS_LIST, OWN_TAGS_LIST, Kind.SEQ, "/"),
+    (SUBJECT, OWN_SUBJECT, ArrayKind.BAG, None),
+    (HIERARCHICAL, OWN_HIERARCHICAL, ArrayKind.BAG, "|"),
+    (TAGS_LIST, OWN_TAGS_LIST, ArrayKind.SEQ, "/"),
 )
 KEYS = (
     DESCRIPTION,

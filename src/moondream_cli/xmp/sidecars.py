@@ -5,7 +5,7 @@ An image's sidecar is the one that exists under either name (``a.jpg.xmp`` or ``
 the one ``--sidecar-name`` names first, ``full`` by default), else a new one under that
 name. It is read without following a link (a link at its name is an error record: mdream
 neither writes through a link nor replaces someone's link with a file), merged by
-:mod:`.rules` through :mod:`.packet`, and replaced atomically (``records.write_atomic``:
+:mod:`.rules` through :mod:`.packet`, and replaced atomically (``sidecars.write_atomic``:
 a temporary file in the same folder, flushed to the disk, then renamed), keeping its
 permissions; a read-only sidecar is left alone. The image file itself is never opened.
 """
@@ -27,8 +27,8 @@ from ..records import (
     escape_controls,
     sidecar_naming,
     sidecar_path,
-    write_atomic,
 )
+from ..sidecars import write_atomic
 from . import packet, rules
 
 MAX_BYTES = 64 << 20  # a darktable history with many masks is a few MB

@@ -7,7 +7,8 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,117 @@ def route_logs_to_stderr(verbose: bool) -> None:
     route_logs(stderr_sink if verbose else None)
 
 
+@contextlib.contextmanager
+def _stderr_captured(limit: int = 4096) -> Iterator[list[bytes]]:
+    """fd 2 into a pipe for the block, drained by a thread that keeps the first ``limit``
+    bytes: what C prints there (llama.cpp's grammar parser prints the whole grammar) is read,
+    not shown. Only while nothing else writes to stderr (before the model loads)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    read, write = os.pipe()
+    kept: list[bytes] = []
+
+    def drain() -> None:
+        size = 0
+        while chunk := os.read(read, 1 << 16):
+            if size < limit:
+                kept.append(chunk[: limit - size])
+                size += len(kept[-1])
+
+    reader = threading.Thread(target=drain, name="mdream-stderr", daemon=True)
+    reader.start()
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield kept
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees its end
+        os.close(saved)
+        reader.join(timeout=5)
+        os.close(read)
+
+
+def grammar_error(gbnf: str) -> str | None:
+    """Why llama.cpp would refuse the GBNF grammar ``gbnf`` (its first complaint), or None
+    when it parses. Parsed without a model (no vocabulary: mdream's grammars hold no token
+    references); llama.cpp's messages, and its dump of the grammar, never reach stderr."""
+    ll = llama()
+    previous = _logs["sink"]
+    logged: list[bytes] = []
+    route_logs(logged.append)
+    try:
+        with _stderr_captured() as printed:
+            ptr = ll.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
+    finally:
+        route_logs(previous)
+    if ptr:
+        ll.llama_sampler_free(ptr)
+        return None
+    said = b"".join(printed).decode("utf-8", "replace").strip().splitlines()
+    said += b"".join(logged).decode("utf-8", "replace").strip().splitlines()
+    first = next((line for line in said if line.strip()), "no reason given")
+    return first.split("error parsing grammar: ", 1)[-1].strip()
+
+
+# -- ggml's aborts -----------------------------------------------------------------------------
+_aborts: dict[str, Any] = {"callback": None, "handler": None, "first": threading.Lock()}
+
+
+def _print_and_exit(message: str) -> None:
+    """The default for a failed ggml check: one line on stderr, exit 3 (a model error)."""
+    line = f"mdream: error: llama.cpp stopped on a failed check: {message}\n"
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode("utf-8", "replace"))
+
+
+@interrupt.callback
+def _on_abort(text: bytes | None) -> None:
+    # ggml calls abort() when this returns: never return. Several of its threads can fail the
+    # same check at once: the first one speaks and ends the process, the others wait for it.
+    if not _aborts["first"].acquire(blocking=False):
+        threading.Event().wait()
+    # The message starts with the source file's path on the build machine: its name will do.
+    raw = (text or b"").decode("utf-8", "replace")
+    where, _, what = raw.partition(": ")
+    message = f"{os.path.basename(where)}: {what}" if what else raw
+    message = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message.strip())
+    try:
+        handler = _aborts["handler"] or _print_and_exit
+        handler(message)
+    finally:
+        os._exit(3)  # errors.EXIT_MODEL: the model (or llama.cpp) cannot go on
+
+
+def catch_aborts(handler: Callable[[str], None] | None = None) -> None:
+    """Make every ``GGML_ASSERT``/``GGML_ABORT`` call ``handler(message)`` and end the
+    process with exit 3, instead of a core dump (SIGABRT, 134) with ggml's own lines; the
+    default handler prints one ``mdream: error:`` line. What was written before is whole:
+    records and sidecars are written whole or not at all, and not while C runs."""
+    _aborts["handler"] = handler
+    if _aborts["callback"] is not None:
+        return
+    kind = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+    callback = kind(_on_abort)
+    for path in _ggml_bases():
+        base = ctypes.CDLL(path)
+        base.ggml_set_abort_callback.argtypes = [kind]
+        base.ggml_set_abort_callback.restype = kind
+        base.ggml_set_abort_callback(callback)
+    _aborts["callback"] = callback  # must live as long as the process
+
+
+def _ggml_bases() -> list[str]:
+    """Every copy of ggml's base library in the process: the wheel ships it as three files
+    (no links), and llama_cpp loads one by name while libllama loads another by its soname;
+    each keeps its own abort callback."""
+    lib_dir = Path(llama().__file__).parent / "lib"
+    found = {str(p) for p in lib_dir.glob("*ggml-base*") if p.suffix in (".so", ".dylib", ".dll")}
+    with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8") as maps:
+        found |= {line.split()[-1] for line in maps if "ggml-base" in line.rsplit("/", 1)[-1]}
+    return sorted(found)
+
+
 def version() -> str:
     """llama-cpp-python's version."""
     return str(getattr(llama(), "__version__", "unknown"))
@@ -109,6 +221,7 @@ def quantize_gguf(
     Returns llama.cpp's code (0: done)."""
     ll = llama()
     route_logs(on_log)
+    catch_aborts()
     try:
         params = ll.llama_model_quantize_default_params()
         params.ftype = getattr(ll, ftype)

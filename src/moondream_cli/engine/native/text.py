@@ -112,6 +112,19 @@ class Model(Owned):
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
         self.bos = int(ll.llama_vocab_bos(self._vocab))
         self.eos = int(ll.llama_vocab_eos(self._vocab))
+        self._grammars: dict[str, Grammar] = {}  # parsed once, copied for every answer
+
+    def grammar(self, gbnf: str | None) -> Grammar | None:
+        """The grammar ``gbnf`` for this model's vocabulary, parsed the first time it is asked
+        for (freed with the model)."""
+        if gbnf is not None and gbnf not in self._grammars:
+            self._grammars[gbnf] = Grammar(self, gbnf)
+        return None if gbnf is None else self._grammars[gbnf]
+
+    def close(self) -> None:
+        while self._grammars:  # a child before its parent
+            self._grammars.popitem()[1].close()
+        super().close()
 
     @property
     def vocab(self) -> Any:
@@ -295,6 +308,21 @@ class Batch(Owned):
         return self.n
 
 
+class Grammar(Owned):
+    """A GBNF grammar parsed once for ``model``'s vocabulary (root rule ``root``), in its
+    starting state: each answer's :class:`Sampler` takes a copy (``llama_sampler_clone``,
+    0.3 ms for 15,000 choices, where parsing them again took 7 ms)."""
+
+    _what = "grammar"
+
+    def __init__(self, model: Model, gbnf: str) -> None:
+        ll = llama()
+        ptr = ll.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
+        if not ptr:
+            raise UsageError("the answer grammar is invalid")
+        super().__init__(ptr, ll.llama_sampler_free)
+
+
 class Sampler(Owned):
     """A sampler chain: optional grammar, optional EOS ban, then greedy or seeded sampling."""
 
@@ -306,15 +334,18 @@ class Sampler(Owned):
         *,
         temperature: float = 0.0,
         seed: int | None = None,
-        grammar: str | None = None,
+        grammar: Grammar | str | None = None,
         ban_eos: bool = False,
     ) -> None:
         ll = llama()
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         super().__init__(chain, ll.llama_sampler_free)
         add = ll.llama_sampler_chain_add
-        if grammar is not None:
+        if isinstance(grammar, str):
             rule = ll.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+        elif grammar is not None:
+            rule = ll.llama_sampler_clone(grammar.ptr)
+        if grammar is not None:
             if not rule:
                 self.close()
                 raise UsageError("the answer grammar is invalid")
