@@ -29,12 +29,13 @@ Results = Generator["ImageResult", None, None]
 @dataclass(frozen=True)
 class Hooks:
     """What the front-end gives a backend besides the job: when to skip an input (before it
-    is read), where to say the model is ready, where notes for the user go, and, for one
-    image and one question, where its answer streams."""
+    is read), where to say the model is ready, where notes and warnings for the user go, and,
+    for one image and one question, where its answer streams."""
 
     skip: Callable[[Source], bool] = lambda _: False
     started: Callable[[], None] = lambda: None
     note: Callable[[str], None] = lambda _: None
+    warn: Callable[[str], None] = lambda _: None
     on_text: Callable[[str], None] | None = None
     notices: bool = True  # catch what the backend's libraries print on stdout (Ray does)
 
@@ -84,6 +85,8 @@ class LocalBackend:
             batch=1 if job.one_image else None,
             seq_tokens=job.seq_tokens(sampling.max_tokens),
         ) as model:
+            if model.engine.gpu_missing:
+                hooks.warn(f"{model.engine.gpu_missing}; --cpu runs there without this warning")
             hooks.started()
             results = answer_inputs(
                 sources,

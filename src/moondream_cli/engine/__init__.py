@@ -3,7 +3,8 @@
 - :mod:`.core`: :class:`Engine`, one loaded pair; the single-image path.
 - :mod:`.batching`: continuous batching (:meth:`Engine.ask_many`).
 - :mod:`.runtime`: loading, and the evaluation steps both paths share; :class:`Timings`.
-- :mod:`.plan`: hardware probing and KV/batch sizing, as pure functions.
+- :mod:`.plan`: KV/batch sizing, as pure functions of the options and the hardware.
+- :mod:`.cpus`: the CPU: default threads (cores, Apple's performance cores, cgroup quota), AMX.
 - :mod:`.stream`: sampled tokens → text, and the stop rules.
 - :mod:`.native`: the only code that touches ctypes; one small owner per C object.
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 from . import native
 from .batching import Answer, Request
 from .core import Engine
+from .cpus import cpu_has_amx, default_threads, physical_cores
 from .options import EngineOptions, Sampling
-from .plan import CPU_UBATCH, Plan, cpu_has_amx, cpu_kv_cells, physical_cores
+from .plan import CPU_UBATCH, Plan, cpu_kv_cells
 from .runtime import Timings
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "Timings",
     "cpu_has_amx",
     "cpu_kv_cells",
+    "default_threads",
     "gpu_available",
     "physical_cores",
 ]

@@ -190,10 +190,12 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
     answers = ray.get([actor.ready.remote() for actor in actors])
-    for _, problem in answers:
+    for _, problem, _ in answers:
         if problem is not None:
             raise ModelError(problem)
-    on = len({node for node, _ in answers})
+    for node, missing in sorted({(node, missing) for node, _, missing in answers if missing}):
+        link.note(f"on Ray node {node}: {missing}")
+    on = len({node for node, _, _ in answers})
     link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
     return ActorPool(actors), count
 

@@ -46,9 +46,11 @@ class Worker:
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"
 
-    def ready(self) -> tuple[str, str | None]:
-        """(the Ray node it runs on, None once the model is loaded, else why it is not)."""
-        return self.node_id, self.problem
+    def ready(self) -> tuple[str, str | None, str | None]:
+        """(the Ray node it runs on, None once the model is loaded, else why it is not, why
+        this node's GPU build runs on the CPU, if it does)."""
+        missing = self.model.engine.gpu_missing if self.model is not None else None
+        return self.node_id, self.problem, missing
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
         """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
