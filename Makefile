@@ -24,6 +24,9 @@ GPU_CMAKE_vulkan := -DGGML_VULKAN=on
 GPU_CMAKE_hip = -DGGML_HIP=on $(if $(HIP_ARCHS),-DGPU_TARGETS=$(HIP_ARCHS))
 GPU_CMAKE_metal := -DGGML_METAL=on
 LLAMA_SPEC := >=0.3.36,<0.4
+# The extras `make install` adds: [dev] (the tests, Ray where it has a wheel), or on musl
+# (Alpine), where Ray has none and no marker tells musl from glibc, [test] alone.
+EXTRAS ?= $(if $(filter musl,$(shell ldd --version 2>&1 | grep -io musl | head -n 1)),test,dev)
 
 .PHONY: install system-deps run demo test test-fast lint fix bench bench-cluster bench-ref device-kit \
   privacy-check clean
@@ -45,7 +48,7 @@ else
 	  $(VENV)/lib/python*/site-packages/llama_cpp/lib/*ggml-hip* 2>/dev/null | grep -q .; then \
 	  $(PY) -m pip install --quiet --force-reinstall --no-deps "llama-cpp-python$(LLAMA_SPEC)"; fi
 endif
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 run demo: install
@@ -55,11 +58,17 @@ test: install system-deps
 	$(PY) -m pytest -q
 
 # The privacy tests trace real runs with strace and cut the network with unshare -n; they
-# fail (not skip) without them, so install them from Debian when missing.
+# fail (not skip) without them, so install them from Debian when missing. Both are Linux-only:
+# elsewhere (macOS) those tests and the Ray cluster's skip, and this says so.
 system-deps:
+ifeq ($(shell uname -s),Linux)
 	@command -v strace >/dev/null && command -v unshare >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq strace util-linux; }
+else
+	@echo "mdream: strace and unshare -n are Linux-only: on $$(uname -s) the syscall-trace" \
+	  "tests (make privacy-check) and the Ray cluster tests are skipped; the rest runs"
+endif
 
 # Everything but the tests marked slow (child processes, strace, signals): seconds, not minutes.
 test-fast: install

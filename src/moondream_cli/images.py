@@ -21,6 +21,7 @@ from typing import BinaryIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .portable import read_flags
 from .reference import Fit
 
 # HEIC/HEIF (iPhones) through pillow-heif, an optional extra (`pip install 'mdream[heic]'`):
@@ -224,7 +225,7 @@ def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
     it is a folder, a FIFO or a device, or larger than ``limit``. Opening never blocks: a
     FIFO is opened non-blocking, seen to be one, and closed."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, read_flags())
     except FileNotFoundError as exc:
         raise InputError("no such file") from exc
     except IsADirectoryError as exc:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from .errors import UsageError
 from .images import EXTENSIONS, HEIF_BRANDS
+from .portable import read_flags
 
 STDIN = "-"
 _CHUNK = 1 << 16
@@ -197,7 +198,7 @@ def looks_like_image(path: str) -> bool:
     without blocking and not read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, read_flags())
     except OSError:
         return True
     try:

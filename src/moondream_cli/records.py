@@ -22,6 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import InputError, OutputError, UsageError
+from .portable import set_mode
 
 
 class Format(str, Enum):
@@ -213,7 +214,7 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE)
+            set_mode(f.fileno(), tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from .errors import UsageError
 from .inputs import Source
+from .portable import appends, read_flags
 
 
 @dataclass
@@ -52,7 +53,7 @@ def read_resumed(path: str, questions: Iterable[str], stdout: int | None = None)
     appending = stdout if stdout is not None and _same_file(path, stdout) else None
     try:
         # Non-blocking: a FIFO at the name is refused, not waited on.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, read_flags())
         with open(fd, "rb") as f:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -109,9 +110,7 @@ def _same_file(path: str, fd: int) -> bool:
 
 
 def _refuse_replacing(path: str, fd: int) -> None:
-    import fcntl
-
-    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+    if not appends(fd):
         raise UsageError(
             "stdout writes over the file being resumed (the shell's '>' has emptied it "
             "already): append to it with '>>'",
