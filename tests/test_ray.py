@@ -323,3 +323,31 @@ def test_nothing_of_the_cluster_is_left_running(cluster_runs: dict[str, object])
 def test_ray_options_need_ray(tiny_model: Path, photo: Path) -> None:
     done = run_mdream("describe", photo, "-m", tiny_model, "--workers", "2")
     assert done.returncode == 2 and b"only apply with --ray" in done.stderr
+
+
+# -- GPUs: one worker per GPU, chunks sized to the workers' batches -----------------------------
+def test_a_gpu_cluster_gets_one_worker_per_gpu_each_holding_one() -> None:
+    from moondream_cli.ray import workers_for
+
+    assert workers_for(None, nodes=2, cpus=32, gpus=3) == (3, {"num_cpus": 1, "num_gpus": 1})
+    assert workers_for(2, nodes=2, cpus=32, gpus=3) == (2, {"num_cpus": 1, "num_gpus": 1})
+    # No GPU, or --cpu (the driver passes gpus=0): one per node, on CPUs.
+    assert workers_for(None, nodes=2, cpus=32, gpus=0) == (2, {"num_cpus": 1})
+
+
+def test_more_workers_than_gpus_is_refused_saying_why() -> None:
+    from moondream_cli.errors import UsageError
+    from moondream_cli.ray import workers_for
+
+    with pytest.raises(UsageError, match=r"4 workers need 4 GPUs .* has 2: pass --workers 2"):
+        workers_for(4, nodes=1, cpus=64, gpus=2)
+    with pytest.raises(UsageError, match="3 workers need 3 CPUs"):
+        workers_for(3, nodes=1, cpus=2, gpus=0)
+
+
+def test_a_chunk_holds_several_batches_of_the_largest_worker() -> None:
+    from moondream_cli.ray import BATCHES_PER_CHUNK, CHUNK, chunk_size
+
+    assert chunk_size([32, 8]) == BATCHES_PER_CHUNK * 32  # a GPU worker's batch stays full
+    assert chunk_size([1, 1]) == CHUNK  # CPU workers: as before
+    assert chunk_size([]) == CHUNK

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
     from ..runner import ImageResult
 
 INSTALL = "pip install 'mdream[ray]'"
-CHUNK = 4  # images per task: enough to keep a worker's continuous batching fed
+# Images per task: a worker's continuous batching drains at the end of each one, so a chunk
+# holds several of its engine's batches (a GPU's may be 32), and never fewer than CHUNK.
+CHUNK = 4
+BATCHES_PER_CHUNK = 4
 AHEAD = 3  # chunks in flight per worker: bounds the driver's reorder buffer
 Item = tuple[int, Source]
 Skip = Callable[[Source], bool]
@@ -67,9 +70,10 @@ class RayBackend:
         if hooks.notices:
             sys.stdout = link.caught
         try:
-            pool, workers = _start_workers(ray, job, link)
+            pool, workers, chunk = _start_workers(ray, job, link)
             hooks.started()
-            for result in _answers(pool, workers, enumerate(sources), hooks.skip, job, link):
+            items = enumerate(sources)
+            for result in _answers(pool, (workers, chunk), items, hooks.skip, job, link):
                 link.tell()
                 yield result
             hooks.note(
@@ -165,23 +169,22 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
-def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
-    """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded."""
+def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, int]:
+    """Ray's own actor pool of engines, models loaded (:func:`workers_for`), the number of
+    workers, and the images to hand one at a time (:func:`chunk_size`)."""
     from ray.util import ActorPool
 
     from .worker import Worker
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    count = job.settings.cluster.workers or max(1, len(nodes))
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    if count > cpus:
-        # Ray would wait for ever for CPUs that do not exist (busy ones it waits for rightly).
-        raise UsageError(
-            f"{count} workers need {count} CPUs (one each); the Ray cluster has {cpus}: "
-            "pass a smaller --workers, or add nodes"
-        )
+    resources = ray.cluster_resources()
+    count, asks = workers_for(
+        job.settings.cluster.workers,
+        nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+        cpus=int(resources.get("CPU", 0)),
+        gpus=0 if job.settings.model.cpu else int(resources.get("GPU", 0)),
+    )
     remote = ray.remote(Worker).options(
-        num_cpus=1,
+        **asks,
         max_restarts=2,  # a worker that dies is started again ...
         max_task_retries=2,  # ... and its chunk handed to it again
         scheduling_strategy="SPREAD",
@@ -190,20 +193,59 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int]:
     link.sent += count * len(pickle.dumps(job))
     # Load the models now: a node without the bundle fails here, naming the node.
     answers = ray.get([actor.ready.remote() for actor in actors])
-    for _, problem, _ in answers:
-        if problem is not None:
-            raise ModelError(problem)
-    for node, missing in sorted({(node, missing) for node, _, missing in answers if missing}):
+    for ready in answers:
+        if ready.problem is not None:
+            raise ModelError(ready.problem)
+    for node, missing in sorted({(r.node, r.gpu_missing) for r in answers if r.gpu_missing}):
         link.note(f"on Ray node {node}: {missing}")
-    on = len({node for node, _, _ in answers})
-    link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
-    return ActorPool(actors), count
+    on = len({ready.node for ready in answers})
+    gpus = ", one GPU each" if "num_gpus" in asks else ""
+    link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}{gpus}")
+    return ActorPool(actors), count, chunk_size([ready.batch for ready in answers])
+
+
+def workers_for(
+    requested: int | None, *, nodes: int, cpus: int, gpus: int
+) -> tuple[int, dict[str, int]]:
+    """How many workers to start, and what each asks Ray for.
+
+    With GPUs in the cluster (``gpus``: 0 under ``--cpu``): one worker per GPU by default,
+    each holding one (``num_gpus=1``), so that each sizes its batch from a GPU's memory of
+    its own; more workers than GPUs would share one, each counting the same free memory as
+    its own, and are refused. Without: one worker per node, one CPU each; more workers than
+    CPUs are refused, as Ray would wait for ever for CPUs that do not exist (busy ones it
+    waits for rightly).
+    """
+    if gpus > 0:
+        count = requested or gpus
+        if count > gpus:
+            raise UsageError(
+                f"{count} workers need {count} GPUs (one each: workers sharing a GPU would "
+                f"each size their batch for all of its memory); the Ray cluster has {gpus}: "
+                f"pass --workers {gpus} or fewer, or --cpu to run on the CPUs"
+            )
+        return count, {"num_cpus": 1, "num_gpus": 1}
+    count = requested or max(1, nodes)
+    if count > cpus:
+        raise UsageError(
+            f"{count} workers need {count} CPUs (one each); the Ray cluster has {cpus}: "
+            "pass a smaller --workers, or add nodes"
+        )
+    return count, {"num_cpus": 1}
+
+
+def chunk_size(batches: list[int]) -> int:
+    """Images per task: ``BATCHES_PER_CHUNK`` of the largest worker batch (a chunk can go to
+    any worker), so the tail where a worker's batch drains is a small part of each chunk."""
+    return max(CHUNK, BATCHES_PER_CHUNK * max(batches, default=1))
 
 
 def _answers(
-    pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, link: Link
+    pool: Any, shape: tuple[int, int], items: Iterator[Item], skip: Skip, job: Job, link: Link
 ) -> Results:
-    """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight."""
+    """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight;
+    ``shape``: (workers, images per chunk)."""
+    workers, size = shape
     unordered = job.settings.cluster.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
     done: dict[int, ImageResult] = {}
@@ -217,7 +259,7 @@ def _answers(
             done[index] = settled
         else:
             chunk.append((index, source))
-        if len(chunk) >= CHUNK:
+        if len(chunk) >= size:
             _submit(pool, chunk, link)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:

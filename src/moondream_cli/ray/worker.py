@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import guard
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from ..inputs import Source
     from ..job import Job
     from ..loader import OpenModel
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a worker says once started: its node, and why it has no model (``problem``) or
+    its engine's batch, and why its GPU build runs on the CPU, if it does."""
+
+    node: str
+    problem: str | None
+    batch: int = 1
+    gpu_missing: str | None = None
 
 
 class Worker:
@@ -46,11 +58,12 @@ class Worker:
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"
 
-    def ready(self) -> tuple[str, str | None, str | None]:
-        """(the Ray node it runs on, None once the model is loaded, else why it is not, why
-        this node's GPU build runs on the CPU, if it does)."""
-        missing = self.model.engine.gpu_missing if self.model is not None else None
-        return self.node_id, self.problem, missing
+    def ready(self) -> Ready:
+        """Where it runs, and its engine's batch once the model is loaded, else why not."""
+        if self.model is None:
+            return Ready(self.node_id, self.problem or "the model is not loaded")
+        engine = self.model.engine
+        return Ready(self.node_id, None, engine.batch, engine.gpu_missing)
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
         """``(index, source, [record fields])`` per input, or one ``("fatal", code, why)``."""
