@@ -1,11 +1,13 @@
 # mdream — `make run` sets up and describes the sample image; `make test` sets up and tests.
 # GPU=cuda|vulkan|hip|metal builds llama-cpp-python for that GPU backend (CUDA=1 is GPU=cuda),
-# e.g. `make install GPU=vulkan`; docs/gpu.md says what each needs installed first.
+# e.g. `make install GPU=vulkan`, and GPU=cpu goes back; docs/gpu.md says what each needs.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-GPU ?= $(if $(CUDA),cuda,cpu)
+# Unless asked, the backend installed already (`make test` after a GPU build keeps it).
+INSTALLED_GPU := $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*)))
+GPU ?= $(if $(CUDA),cuda,$(or $(INSTALLED_GPU),cpu))
 ifeq ($(filter $(GPU),cpu cuda vulkan hip metal),)
 $(error GPU=$(GPU): pick one of cpu, cuda, vulkan, hip, metal)
 endif

@@ -88,7 +88,7 @@ def sysctl_int(name: str) -> int | None:
         value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
         if libc.sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
             return None
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no sysctlbyname; Windows: no CDLL(None)
         return None
     return int(value.value) if size.value in (4, 8) else None
 
