@@ -72,7 +72,8 @@ else
 	  "tests (make privacy-check) and the Ray cluster tests are skipped; the rest runs"
 endif
 
-# Everything but the tests marked slow (child processes, strace, signals): seconds, not minutes.
+# Everything but the tests marked slow (child processes, strace, signals, a cluster, seconds of
+# model work): under 30 s on 2 cores, not minutes.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

@@ -156,6 +156,7 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
             res["answers"][answer.tag] = answer.text
         res[f"folder_{kind}_s"] = time.perf_counter() - t
         res[f"folder_{kind}_n"] = len(paths)
+    res.update(grep_timings(engine, cfg["images"]["photo"]))
     path = cfg["images"]["photo"][0]
     # A fresh call, then an extra question on the same image: with the run's answer length,
     # and with one-token answers (what is left when the answer's own decoding is taken out).
@@ -182,6 +183,27 @@ def worker_mdream(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("split"):
         res.update(split_timings(engine, pixels, sampling))
     engine.close()
+    return res
+
+
+def grep_timings(engine: Any, paths: list[str]) -> dict[str, Any]:
+    """`mdream grep` over the photo folder, as its folder run scores: one query, then three
+    (one encode per image either way; each query one forward pass, no token sampled)."""
+    from moondream_cli.engine import Request, Sampling
+    from moondream_cli.images import load_image
+    from moondream_cli.loader import yes_no_tokens
+    from moondream_cli.prompts import grep_question
+
+    scoring = Sampling(max_tokens=1, yes_no=yes_no_tokens(engine))
+    res: dict[str, Any] = {}
+    for n, queries in ((1, ("a receipt",)), (3, ("a receipt", "a dog", "a red car"))):
+        asked = tuple(grep_question(q) for q in queries)
+        requests = (Request(load_image(p), asked, tag=p, label=p) for p in paths)
+        t = time.perf_counter()
+        for answer in engine.ask_many(requests, scoring):
+            if answer.error is not None:
+                raise answer.error
+        res[f"grep{n}_s"] = (time.perf_counter() - t) / max(1, len(paths))
     return res
 
 

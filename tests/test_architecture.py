@@ -4,7 +4,7 @@ import what, and how long a module or a function may grow."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,14 @@ MAX_MODULE_LINES = 400
 MAX_BODY_LINES = 60  # a function's body; a Typer command's signature lists its options
 
 
-def _modules() -> Iterator[tuple[str, ast.Module, int]]:
-    for path in sorted(SRC.rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        yield path.relative_to(SRC).as_posix(), ast.parse(text), len(text.splitlines())
+@functools.cache
+def _modules() -> tuple[tuple[str, ast.Module, int], ...]:
+    """Every module of the package: its name, its syntax tree, its length (parsed once)."""
+    return tuple(
+        (path.relative_to(SRC).as_posix(), ast.parse(text), len(text.splitlines()))
+        for path in sorted(SRC.rglob("*.py"))
+        for text in [path.read_text(encoding="utf-8")]
+    )
 
 
 def _imports(tree: ast.Module) -> set[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import gguf
 import numpy as np
+import pytest
 
 from moondream_cli.engine import Engine, EngineOptions
 from moondream_cli.images import load_image
@@ -31,12 +32,15 @@ def _fidelity(model_dir: Path, photo: Path, ref_file: Path, **cfg: Any) -> dict[
         return knobs.fidelity(engine, {"tokens": 6, "fidelity_file": str(ref_file), **cfg})
 
 
-def _reference(model_dir: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pair widened to f32, written once for the module. Its tests are slow: writing
+    it and reading GGUFs back are seconds of pure-Python work each (the GPT-2 vocabulary)."""
     return knobs.prepare_reference(
         "tiny",
-        model_dir / moondream_gguf.TEXT_NAME,
-        model_dir / moondream_gguf.MMPROJ_NAME,
-        tmp_path / "f32",
+        tiny_model / moondream_gguf.TEXT_NAME,
+        tiny_model / moondream_gguf.MMPROJ_NAME,
+        tmp_path_factory.mktemp("f32"),
     )
 
 
@@ -53,10 +57,10 @@ def test_a_run_against_its_own_reference_scores_zero(
     assert again == {"logit_error": 0.0, "top1_agree": 1.0}
 
 
+@pytest.mark.slow
 def test_the_f32_reference_is_close_and_other_weights_are_far(
-    tiny_model: Path, photo: Path, tmp_path: Path
+    tiny_model: Path, reference: Path, photo: Path, tmp_path: Path
 ) -> None:
-    reference = _reference(tiny_model, tmp_path)
     ref = tmp_path / "ref.npz"
     _fidelity(reference, photo, ref, reference=True)
 
@@ -71,8 +75,8 @@ def test_the_f32_reference_is_close_and_other_weights_are_far(
     assert other_weights["logit_error"] > 100 * same_weights["logit_error"]
 
 
-def test_the_reference_files_hold_the_same_weights(tiny_model: Path, tmp_path: Path) -> None:
-    reference = _reference(tiny_model, tmp_path)
+@pytest.mark.slow
+def test_the_reference_files_hold_the_same_weights(tiny_model: Path, reference: Path) -> None:
     for name in (moondream_gguf.TEXT_NAME, moondream_gguf.MMPROJ_NAME):
         src = {t.name: t for t in gguf.GGUFReader(str(tiny_model / name)).tensors}
         f32_name = "text-f32.gguf" if name == moondream_gguf.TEXT_NAME else "mmproj-f32.gguf"

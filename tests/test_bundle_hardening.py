@@ -472,6 +472,32 @@ def test_cli_export_over_an_existing_tarball_is_a_usage_error(
     assert forced.stdout == f"{tmp_path / NAME}.tar\n".encode()
 
 
+@pytest.mark.slow
+def test_cli_export_reads_its_output_as_cp_would(tarball: Path, tmp_path: Path) -> None:
+    bundle_install.install(tarball)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    named = run_mdream("bundle", "export", NAME, "-o", exp / "x.tgz")
+    assert named.returncode == 0, named.stderr
+    assert (exp / "x.tgz").is_file()  # the file asked for, not a folder of that name
+    made = run_mdream("bundle", "export", NAME, "-o", f"{tmp_path}/new/")
+    assert made.returncode == 0 and (tmp_path / "new" / f"{NAME}.tar").is_file()
+    for missing in (tmp_path / "missing" / "x.tar", f"{tmp_path}/missing/deeper/"):
+        refused = run_mdream("bundle", "export", NAME, "-o", missing)
+        assert refused.returncode == 2
+        assert refused.stderr.decode().count("\n") == 1
+        assert f"the folder {tmp_path / 'missing'}" in refused.stderr.decode()
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_bundle_name_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
+    # The folder does not even exist: the name is what is checked first, not after hashing.
+    done = run_mdream("fetch", "--from-dir", tmp_path / "nope", "--name", "my tiny")
+    assert done.returncode == 2
+    assert "invalid bundle name 'my tiny': a bundle name is letters, digits" in done.stderr.decode()
+
+
 # -- one command line, one set of rules ----------------------------------------------------
 
 
@@ -488,7 +514,7 @@ def _renamed(tarball: Path, path: Path, name: str) -> Path:
         (["--no-install"], "--no-install needs --output"),
         (["--recipe", "nosuch"], "unknown recipe 'nosuch'"),
         (["--recipe", "no/such.json"], "no such recipe file"),
-        (["-r", "moondream2-2024"], "No such option: -r"),
+        (["-r", "moondream2-2024"], "no such option: -r"),
     ],
 )
 def test_fetch_usage_mistakes_exit_2(args: list[str], said: str, isolated_home: Path) -> None:
@@ -552,12 +578,12 @@ def test_cli_remove_of_the_default_tells_what_happens_next(tarball: Path, tmp_pa
 def test_bundle_list_prints_a_header_and_says_when_nothing_is_installed(tarball: Path) -> None:
     empty = run_mdream("bundle", "list")
     assert empty.returncode == 0
-    assert empty.stdout == b"  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+    assert empty.stdout == b"NAME\tDEFAULT\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\tSTATE\n"
     assert b"no bundle is installed" in empty.stderr and b"mdream fetch" in empty.stderr
     bundle_install.install(tarball)
     listed = run_mdream("bundle", "list")
     header, row = listed.stdout.decode().splitlines()
-    assert header.split("\t")[0] == "  NAME" and row.startswith(f"* {NAME}\t")
+    assert header.split("\t")[:2] == ["NAME", "DEFAULT"] and row.startswith(f"{NAME}\t*\t")
     assert listed.stderr == b""
 
 

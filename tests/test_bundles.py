@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_mdream
+from conftest import ROOT, draw_photo, run_mdream
 from moondream_cli.bundles import install as bundle_install
 from moondream_cli.bundles import installed as bundle
 from moondream_cli.bundles.fetch import fetch
-from moondream_cli.errors import BundleError
+from moondream_cli.errors import BundleError, UsageError
 
 NAME = "moondream2-local-e3428061-q4_k_m"
 
@@ -102,7 +102,8 @@ def test_same_inputs_give_the_same_tarball_bytes(
     bundle_install.install(tarball)
     exported = bundle.export(NAME, tmp_path)
     assert exported.read_bytes() == tarball.read_bytes()
-    with pytest.raises(BundleError, match="cannot write"):
+    # A folder that is not there is the user's slip (exit 2), found before packing.
+    with pytest.raises(UsageError, match="no-such-folder does not exist"):
         bundle.export(NAME, tmp_path / "no-such-folder" / "x.tar")
 
 
@@ -111,8 +112,8 @@ def test_round_trip_fetch_from_dir_install_describe(
     tiny_model: Path, photo: Path, tmp_path: Path
 ) -> None:
     online = {"MDREAM_HOME": str(tmp_path / "online-home")}
-    out = tmp_path / "not-yet" / "bundles"  # a folder that does not exist yet is created
-    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", out, env=online)
+    out = tmp_path / "bundles"  # FOLDER/: a folder that does not exist yet is made, as cp would
+    built = run_mdream("fetch", "--from-dir", tiny_model, "--output", f"{out}/", env=online)
     assert built.returncode == 0, built.stderr
     tar_path = Path(built.stdout.decode().strip())
     assert tar_path.parent == out and tar_path.is_file() and tar_path.suffix == ".tar"
@@ -154,7 +155,8 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     listed = run_mdream("bundle", "list")
     assert listed.returncode == 0
     line = listed.stdout.decode().splitlines()[1]  # after the header
-    assert line.startswith(f"* {NAME}\t") and "\tQ4_K_M\t" in line
+    assert line.startswith(f"{NAME}\t*\t") and "\tQ4_K_M\t" in line
+    assert line.endswith("\tverified")
 
     verified = run_mdream("bundle", "verify", NAME)
     assert (verified.returncode, verified.stdout) == (0, f"ok\t{NAME}\n".encode())
@@ -168,6 +170,22 @@ def test_install_list_verify_remove(tarball: Path, isolated_home: Path) -> None:
     assert damaged.returncode == 3
     assert b"sha256 mismatch" in damaged.stderr
     assert damaged.stdout == b""
+
+    # A failed check sticks: the cheap check (sizes, times) would pass, the bundle is refused.
+    image = isolated_home / "photo.png"
+    draw_photo().save(image)
+    refused = run_mdream("describe", image, "-n", "2")
+    assert refused.returncode == 3
+    assert f"bundle {NAME} failed its last full check (".encode() in refused.stderr
+    assert f"mdream bundle verify {NAME}".encode() in refused.stderr
+    doctor = run_mdream("doctor", "--no-self-check")
+    assert doctor.returncode == 3 and b"failed its last full check" in doctor.stdout
+    row = run_mdream("bundle", "list").stdout.decode().splitlines()[1]
+    assert "\tfailed its last full check: " in row and "sha256 mismatch" in row
+    data[-1] ^= 0x01  # restored: verified again, used again
+    text.write_bytes(bytes(data))
+    assert run_mdream("bundle", "verify", NAME).returncode == 0
+    assert run_mdream("describe", image, "-n", "2").returncode == 0
 
     removed = run_mdream("bundle", "remove", NAME)
     assert removed.returncode == 0, removed.stderr
@@ -273,7 +291,7 @@ def _hostile_file(case: str, tarball: Path, tmp_path: Path) -> Path:
     elif case == "not a tar":
         path.write_bytes(b"GGUF this is not a tarball" * 100)
     elif case == "gzip":
-        path.write_bytes(gzip.compress(tarball.read_bytes()))
+        path.write_bytes(gzip.compress(tarball.read_bytes(), compresslevel=1))
     elif case == "empty":
         path.write_bytes(b"")
     else:

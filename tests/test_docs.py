@@ -189,7 +189,7 @@ def _shell_examples() -> Iterator[tuple[str, list[str]]]:
 # Commands an example may run on the tiny model here: inference on local files. Not the
 # network (fetch, --ray), not the machine's set-up (make, pip, ray, export), not a bundle
 # tarball that is not there.
-RUNNABLE = re.compile(r"(^|\|\s*)mdream (describe|ask)\b")
+RUNNABLE = re.compile(r"(^|\|\s*)mdream (describe|ask|grep)\b")
 NOT_HERE = re.compile(r"--ray|\bfetch\b|\bmake\b|\bpip\b|\bray start\b|^export ")
 
 

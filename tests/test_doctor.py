@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_mdream
+from moondream_cli import doctor
 from moondream_cli import manifest as mf
 
 
@@ -190,3 +191,12 @@ def test_help_has_a_summary_and_examples() -> None:
     out = run.stdout.decode()
     assert "Report versions, backend, models and a privacy self-check." in out
     assert "mdream doctor --format json" in out
+
+
+def test_a_model_named_without_the_self_check_is_still_looked_for(tmp_path: Path) -> None:
+    from moondream_cli.settings import ModelOptions, Settings
+
+    missing = Settings(model=ModelOptions(model_dir=tmp_path / "missing"))
+    report = doctor.gather(missing, self_check=False)
+    assert not report.healthy and report.exit_code == 3
+    assert any("no such model folder or installed bundle" in p for p in report.problems)

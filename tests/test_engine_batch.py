@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +84,24 @@ def _single(
     return answers
 
 
+Reference = Callable[[list[Pixels], dict[int, int]], dict[tuple[int, int], str]]
+
+
+@pytest.fixture(scope="module")
+def reference(engine_factory: dict[int, Engine]) -> Reference:
+    """``_single`` on the batch-1 engine, worked out once per list of images and limits: the
+    answers every batched run is held to."""
+    known: dict[object, dict[tuple[int, int], str]] = {}
+
+    def answers(images: list[Pixels], limits: dict[int, int]) -> dict[tuple[int, int], str]:
+        key = (tuple(map(id, images)), tuple(sorted(limits.items())))
+        if key not in known:
+            known[key] = _single(engine_factory[1], images, limits)
+        return known[key]
+
+    return answers
+
+
 def _many(engine: Engine, images: list[Pixels], limits: dict[int, int]) -> list[Answer]:
     requests = [
         Request(pixels, QUESTIONS, tag=i, max_tokens=limits.get(i))
@@ -93,27 +111,26 @@ def _many(engine: Engine, images: list[Pixels], limits: dict[int, int]) -> list[
 
 
 def test_reference_answers_tell_images_and_questions_apart(
-    engine_factory: dict[int, Engine], images: list[Pixels]
+    reference: Reference, images: list[Pixels]
 ) -> None:
     # Without distinct answers, a swapped sequence would go unnoticed by the tests below.
-    answers = _single(engine_factory[1], images, {})
+    answers = reference(images, {})
     assert len(set(answers.values())) >= 4
     assert len({answers[i, 1] for i in range(len(images))}) >= 2
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_batched_answers_are_token_identical_to_single(
-    engine_factory: dict[int, Engine], images: list[Pixels], batch: int
+    engine_factory: dict[int, Engine], reference: Reference, images: list[Pixels], batch: int
 ) -> None:
     # Image 1 stops after 2 tokens and image 4 after 5: their slots are refilled while the
     # other sequences are still decoding.
     limits = {1: 2, 4: 5}
-    reference = _single(engine_factory[1], images, limits)
     answers = _many(engine_factory[batch], images, limits)
     got = {(a.tag, a.index): a.text for a in answers}
     assert len(answers) == len(got) == len(images) * len(QUESTIONS)
     assert all(a.error is None and a.question == QUESTIONS[a.index] for a in answers)
-    assert got == reference
+    assert got == reference(images, limits)
     if batch > 1:
         # Answers arrive as they finish: the short ones overtake images admitted before them.
         order = [a.tag for a in answers]
@@ -122,7 +139,7 @@ def test_batched_answers_are_token_identical_to_single(
 
 @pytest.mark.parametrize("batch", [2, 3])
 def test_images_prefilled_together_answer_as_each_does_alone(
-    engine_factory: dict[int, Engine],
+    reference: Reference,
     prefill_engines: dict[int, Engine],
     images: list[Pixels],
     batch: int,
@@ -140,11 +157,14 @@ def test_images_prefilled_together_answer_as_each_does_alone(
     limits = {1: 2, 4: 5}  # short answers: their slots are refilled one by one
     answers = _many(prefill_engines[batch], images, limits)
     assert list(range(batch)) in together  # the first images, in one llama_decode
-    assert {(a.tag, a.index): a.text for a in answers} == _single(engine_factory[1], images, limits)
+    assert {(a.tag, a.index): a.text for a in answers} == reference(images, limits)
 
 
 def test_questions_that_start_together_are_evaluated_together(
-    engine_factory: dict[int, Engine], images: list[Pixels], monkeypatch: pytest.MonkeyPatch
+    engine_factory: dict[int, Engine],
+    reference: Reference,
+    images: list[Pixels],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Three images start at once, so do their questions: prompts of one length go to
     # llama.cpp in one batch, the others alone, and every answer is the one it gets alone.
@@ -166,17 +186,17 @@ def test_questions_that_start_together_are_evaluated_together(
     assert [0, 1, 2] in batches  # the first question of each image, together
     lengths = {len(engine.tokenize(question_prompt(q))) for q in QUESTIONS}
     assert len(lengths) > 1  # the questions' prompts differ in length: some go alone
-    assert {(a.tag, a.index): a.text for a in answers} == _single(engine_factory[1], picked, {})
+    assert {(a.tag, a.index): a.text for a in answers} == reference(picked, {})
 
 
 def test_single_path_still_answers_after_a_batch_on_the_same_engine(
-    engine_factory: dict[int, Engine], images: list[Pixels]
+    engine_factory: dict[int, Engine], reference: Reference, images: list[Pixels]
 ) -> None:
     engine = engine_factory[2]
     before = _single(engine, images[:2], {})
     list(engine.ask_many([Request(images[3], QUESTIONS[:1])], SAMPLING))
     assert _single(engine, images[:2], {}) == before
-    assert before == _single(engine_factory[1], images[:2], {})
+    assert before == reference(images[:2], {})
 
 
 def test_kv_reuse_equals_a_fresh_prefix(
@@ -212,7 +232,7 @@ def _many_one(engine: Engine, pixels: Pixels, sampling: Sampling) -> str | None:
 
 
 def test_a_bad_image_is_a_record_not_a_crash(
-    engine_factory: dict[int, Engine], images: list[Pixels]
+    engine_factory: dict[int, Engine], reference: Reference, images: list[Pixels]
 ) -> None:
     broken = Pixels(4, 4, b"\x00" * 3)  # fewer bytes than 4×4 RGB: libmtmd must not read them
     answers = list(
@@ -228,7 +248,7 @@ def test_a_bad_image_is_a_record_not_a_crash(
     assert [a.index for a in bad] == [0, 1]
     assert all(a.text is None and a.error is not None and a.error.path == "bad.jpg" for a in bad)
     good = [a for a in answers if a.tag is None]
-    assert good[0].text == _single(engine_factory[1], images[:1], {})[0, 0]
+    assert good[0].text == reference(images[:1], {})[0, 0]
 
 
 @pytest.mark.slow
@@ -290,6 +310,7 @@ def test_cpu_kv_cells_are_an_odd_multiple_of_256(positions: int, cells: int) -> 
     assert cpu_kv_cells(positions) == cells
 
 
+@pytest.mark.slow  # 4,500 tokens decoded: seconds on 2 cores
 def test_a_planned_cpu_batch_never_cuts_an_answer_short(
     tiny_model: Path, images: list[Pixels]
 ) -> None:

@@ -13,7 +13,6 @@ from moondream_cli.job import RULES, Job
 from moondream_cli.records import Format
 from moondream_cli.settings import (
     ClusterOptions,
-    ConsoleOptions,
     InputOptions,
     OutputOptions,
     SamplingOptions,
@@ -50,11 +49,6 @@ CASES: list[tuple[dict[str, Any], str]] = [
         "--ray needs image files the workers can read",
     ),
     ({"settings": Settings(outputs=Out(resume="r.jsonl"))}, "add --format jsonl"),
-    (
-        {"settings": Settings(console=ConsoleOptions(quiet=True, verbose=True))},
-        "--quiet and --verbose contradict each other",
-    ),
-    ({"settings": Settings(sampling=SamplingOptions(seed=3))}, "--seed only matters"),
 ]
 
 VALID = Job(("a.jpg",), ("What?",), Settings(), 8)

@@ -62,3 +62,17 @@ def test_native_log_pieces_come_out_as_whole_lines(capsys: pytest.CaptureFixture
     for piece in ("llama_model_load: ", "loading\nclip: ", "ok\n", "."):
         out.native_log(piece)
     assert capsys.readouterr().err == "llama_model_load: loading\nclip: ok\n"
+
+
+def test_the_eta_uses_the_same_overall_rate_as_the_rate_column() -> None:
+    # "3/63 0.14 img/s … ETA 0:00:01": rich's windowed speed drove the ETA.
+    from moondream_cli.cli.output import _bar
+
+    bars = _bar("images")
+    bars.add_task("images", total=63, failed=0)
+    task = bars.tasks[0]
+    task.start_time = task.get_time() - 21.4
+    task.completed = 3
+    shown = [str(column.render(task)) for column in bars.columns if not isinstance(column, str)]
+    assert "0.14 img/s" in shown
+    assert "ETA 0:07:08" in shown  # 60 images left at 3 per 21.4 s

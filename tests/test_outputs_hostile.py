@@ -168,7 +168,7 @@ def test_ask_refuses_a_path_where_the_question_goes(
     ("flags", "message"),
     [
         (["--quiet", "--verbose"], "contradict"),
-        (["--seed", "3"], "--seed only matters with --temperature"),
+        (["--seed", "3"], "seed only matters with a temperature above 0"),
         (["--style", "tags", "--length", "long"], "--length applies to captions"),
     ],
 )

@@ -8,7 +8,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,14 +24,29 @@ from moondream_cli.pairing import check_pair
 from test_bundles import members, write_tar
 
 WIDER = dataclasses.replace(moondream_gguf.TINY, n_embd=128, n_vocab=51200)
+TextModel = Callable[[moondream_gguf.Shape], Path]
 
 
-def _folder(
-    tmp_path: Path, name: str, *, text: moondream_gguf.Shape, mmproj_input: int | None = None
-) -> Path:
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> TextModel:
+    """The text model of a shape, written once for the module (each is half a second of
+    Python: the GPT-2 vocabulary); tests copy it before changing anything."""
+    folder = tmp_path_factory.mktemp("text-models")
+    written: dict[moondream_gguf.Shape, Path] = {}
+
+    def model(shape: moondream_gguf.Shape) -> Path:
+        if shape not in written:
+            path = folder / f"text-{len(written)}.gguf"
+            written[shape] = moondream_gguf.write_text_model(path, shape)
+        return written[shape]
+
+    return model
+
+
+def _folder(tmp_path: Path, name: str, text: Path, *, mmproj_input: int | None = None) -> Path:
     folder = tmp_path / name
     folder.mkdir()
-    moondream_gguf.write_text_model(folder / moondream_gguf.TEXT_NAME, text)
+    shutil.copyfile(text, folder / moondream_gguf.TEXT_NAME)
     moondream_gguf.write_mmproj(folder / moondream_gguf.MMPROJ_NAME, projector_input=mmproj_input)
     return folder
 
@@ -39,8 +56,10 @@ def test_the_tiny_pair_belongs_together(tiny_model: Path) -> None:
     check_pair(files.text, files.mmproj)
 
 
-def test_a_projector_for_another_text_width_is_refused_naming_both_files(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, "mixed", text=WIDER)
+def test_a_projector_for_another_text_width_is_refused_naming_both_files(
+    tmp_path: Path, text_model: TextModel
+) -> None:
+    folder = _folder(tmp_path, "mixed", text_model(WIDER))
     with pytest.raises(ModelError) as caught:
         locate.from_dir(folder)
     message = str(caught.value)
@@ -49,21 +68,18 @@ def test_a_projector_for_another_text_width_is_refused_naming_both_files(tmp_pat
     assert caught.value.exit_code == 3
 
 
-def test_a_later_releases_projector_is_refused(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, "newer", text=moondream_gguf.TINY, mmproj_input=64)
+def test_a_later_releases_projector_is_refused(tmp_path: Path, text_model: TextModel) -> None:
+    folder = _folder(tmp_path, "newer", text_model(moondream_gguf.TINY), mmproj_input=64)
     with pytest.raises(ModelError, match="takes 64-wide input but its vision encoder gives 32"):
         locate.from_dir(folder)
 
 
 @pytest.mark.parametrize("layers", [0, 0x7FFFFFFF])
 def test_an_absurd_block_count_is_refused_before_llama_cpp_sees_it(
-    tmp_path: Path, layers: int
+    tmp_path: Path, text_model: TextModel, layers: int
 ) -> None:
-    folder = tmp_path / "absurd"
-    folder.mkdir()
     real = dataclasses.replace(moondream_gguf.TINY, n_layer=0)
-    moondream_gguf.write_text_model(folder / moondream_gguf.TEXT_NAME, real)
-    moondream_gguf.write_mmproj(folder / moondream_gguf.MMPROJ_NAME)
+    folder = _folder(tmp_path, "absurd", text_model(real))
     if layers:
         _patch_u32(folder / moondream_gguf.TEXT_NAME, "phi2.block_count", layers)
     with pytest.raises(ModelError, match=f"implausible phi2.block_count {layers}"):
@@ -80,8 +96,10 @@ def _patch_u32(path: Path, key: str, value: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_fetch_refuses_a_mismatched_pair_before_quantizing(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, "mixed", text=WIDER)
+def test_fetch_refuses_a_mismatched_pair_before_quantizing(
+    tmp_path: Path, text_model: TextModel
+) -> None:
+    folder = _folder(tmp_path, "mixed", text_model(WIDER))
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ModelError, match="do not belong together"):
@@ -90,11 +108,11 @@ def test_fetch_refuses_a_mismatched_pair_before_quantizing(tmp_path: Path) -> No
 
 
 def test_bundle_install_refuses_a_mismatched_pair_with_good_hashes(
-    tiny_model: Path, tmp_path: Path, isolated_home: Path
+    tiny_model: Path, tmp_path: Path, isolated_home: Path, text_model: TextModel
 ) -> None:
     good = fetch(from_dir=tiny_model, output=tmp_path, install=False).tarball
     assert good is not None
-    wider = moondream_gguf.write_text_model(tmp_path / "wider.gguf", WIDER).read_bytes()
+    wider = text_model(WIDER).read_bytes()
     items = members(good)
     manifest = json.loads(items[0][1])
     for entry in manifest["files"]:

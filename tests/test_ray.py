@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,26 @@ def test_nothing_of_the_cluster_is_left_running(cluster_runs: dict[str, object])
 def test_ray_options_need_ray(tiny_model: Path, photo: Path) -> None:
     done = run_mdream("describe", photo, "-m", tiny_model, "--workers", "2")
     assert done.returncode == 2 and b"only apply with --ray" in done.stderr
+
+
+@pytest.mark.slow
+def test_an_address_where_nothing_listens_fails_at_once_with_one_line(
+    photo: Path, tmp_path: Path
+) -> None:
+    # Ray itself retries for minutes (a user's Ctrl-C took 40 s), printing only its own lines.
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    started = time.monotonic()
+    done = run_mdream("describe", photo, "--ray", "127.0.0.1:9", env=env, timeout=60)
+    assert time.monotonic() - started < 20
+    assert done.returncode == 3
+    assert done.stderr.decode().splitlines() == [
+        "mdream: error: cannot reach the Ray cluster at 127.0.0.1:9: Connection refused — "
+        "is `ray start --head --port=9` running there?"
+    ]
+    bad = run_mdream("describe", photo, "--ray", "headnode", env=env)
+    assert bad.returncode == 2 and b"--ray takes HOST:PORT" in bad.stderr
 
 
 # -- GPUs: one worker per GPU, chunks sized to the workers' batches -----------------------------

@@ -165,3 +165,21 @@ def test_resume_needs_jsonl_output(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "out.jsonl").write_text("")
     done = _mdream("mdream describe album --resume out.jsonl", tmp_path, tiny_model)
     assert done.returncode == 2 and b"add --format jsonl" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_that_matches_nothing_says_so(tiny_model: Path, tmp_path: Path) -> None:
+    # photos/ then ./photos: the same images, other paths; every image is answered again,
+    # and the user is told why instead of finding duplicates later.
+    make_folder(tmp_path)
+    first = _mdream("mdream describe album -r --format jsonl > out.jsonl", tmp_path, tiny_model)
+    assert first.returncode == 1  # the corrupt file
+    again = _mdream(
+        "mdream describe ./album -r --format jsonl --resume out.jsonl >> out.jsonl",
+        tmp_path,
+        tiny_model,
+    )
+    err = again.stderr.decode()
+    assert "--resume matched none of the 4 answered records in out.jsonl" in err
+    assert "same arguments from the same folder" in err
+    assert "skipped" not in err

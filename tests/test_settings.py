@@ -5,15 +5,19 @@ exactly what was typed, typed."""
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, get_args
 
+import pytest
 import typer
 import typer.main
 from typer.testing import CliRunner
 
 from moondream_cli.cli.app import app
 from moondream_cli.cli.options import GROUPS, SETTINGS_FIELD, with_groups
+from moondream_cli.errors import UsageError
 from moondream_cli.records import Format
 from moondream_cli.settings import (
     ClusterOptions,
@@ -134,3 +138,26 @@ def test_settings_build_the_engine_options_and_sampling() -> None:
     assert sampling.grammar == "root ::= x"
     twelve = dataclasses.replace(s, sampling=dataclasses.replace(s.sampling, max_tokens=12))
     assert twelve.sampler(64).max_tokens == 12
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ModelOptions(threads=0), "threads must be at least 1, not 0"),
+        (lambda: ModelOptions(batch=257), "batch must be at most 256"),
+        (lambda: ModelOptions(max_megapixels=0), "max_megapixels must be at least 0.01"),
+        (lambda: SamplingOptions(max_tokens=-5), "max_tokens must be at least 1, not -5"),
+        (lambda: SamplingOptions(max_tokens=0), "max_tokens must be at least 1, not 0"),
+        (lambda: SamplingOptions(temperature=-1), "temperature must be at least 0"),
+        (lambda: SamplingOptions(temperature=float("nan")), "temperature must be at least 0"),
+        (lambda: SamplingOptions(seed=3), "seed only matters with a temperature above 0"),
+        (lambda: ClusterOptions(workers=0), "workers must be at least 1"),
+        (lambda: ConsoleOptions(quiet=True, verbose=True), "contradict each other"),
+    ],
+)
+def test_a_group_refuses_what_no_command_line_could_mean(
+    make: Callable[[], object], message: str
+) -> None:
+    # The same rule for the CLI and the Python API: a usage error naming the setting.
+    with pytest.raises(UsageError, match=re.escape(message)):
+        make()

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+
+from PIL import Image
 
 from .engine import Sampling
 from .errors import UsageError
@@ -24,11 +27,13 @@ from .images import ImageSource, Pixels, prepare
 from .loader import open_model
 from .prompts import ASK_MAX_TOKENS, Length, Style, describe_task
 from .records import Record
-from .settings import Settings
+from .settings import SamplingOptions, Settings
 
 
 class Moondream:
-    """A loaded Moondream2 model.
+    """A loaded Moondream2 model. Safe to share between threads: images decode in each
+    calling thread at once, and the model answers one call at a time (one engine, one
+    context), each answer the same as if it had been asked alone.
 
     >>> md = Moondream()                                  # doctest: +SKIP
     >>> md.describe("photo.jpg", length="short")          # doctest: +SKIP
@@ -48,6 +53,8 @@ class Moondream:
         self.model = open_model(settings, max_tokens=ASK_MAX_TOKENS)
         self.files = self.model.files
         self.engine = self.model.engine
+        self._lock = threading.Lock()
+        self._yes_no: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def describe(
         self,
@@ -61,7 +68,7 @@ class Moondream:
         """A caption of ``image`` (``length``: short, normal, long) or, with ``style="tags"``,
         comma-separated tags; ``on_text`` receives the text as it is generated."""
         task = describe_task(style, length)
-        sampling = sampling or self.settings.sampler(task.max_tokens)
+        sampling = _checked(sampling) or self.settings.sampler(task.max_tokens)
         return self.ask(image, task.question, sampling=sampling, on_text=on_text)
 
     def ask(
@@ -76,25 +83,62 @@ class Moondream:
         :class:`Pixels`); ``on_text`` receives it as it is generated. Asking again about the
         same image reuses its encoding. Raises InputError for an image that cannot be used,
         UsageError for an empty question, RuntimeError after :meth:`close`."""
+        if not isinstance(question, str):
+            raise UsageError(
+                f"the question is text, not {type(question).__name__} (one question a call)"
+            )
         if not question.strip():
             raise UsageError("the question is empty")
+        sampling = _checked(sampling) or self.settings.sampler(ASK_MAX_TOKENS)
+        # Decoded outside the lock: several threads' images decode at once.
         pixels = image if isinstance(image, Pixels) else self.load(image)
-        # Same pixels as last time: the encoded image prefix is reused.
-        self.engine.set_image(pixels, key=pixels)
-        return self.engine.ask(question, sampling or self.settings.sampler(ASK_MAX_TOKENS), on_text)
+        with self._lock:  # one engine: its context and its cached image, one call at a time
+            # Same pixels as last time: the encoded image prefix is reused.
+            self.engine.set_image(pixels, key=pixels)
+            return self.engine.ask(question, sampling, on_text)
+
+    def score(self, image: ImageSource | Pixels, query: str, *, question: bool = False) -> float:
+        """The model's probability (0–1) that ``image`` shows ``query`` ("a receipt"), as
+        ``mdream grep`` scores it: of a yes against a no to the query's yes/no question
+        (``question=True``: ``query`` is that question, asked as written). A probability of
+        the model, not a calibrated truth."""
+        from .loader import yes_no_tokens
+        from .prompts import grep_question
+
+        if not isinstance(query, str) or not query.strip():
+            raise UsageError(
+                "the query is empty" if isinstance(query, str) else "the query is text"
+            )
+        if self._yes_no is None:
+            self._yes_no = yes_no_tokens(self.engine)
+        asked = query if question else grep_question(query)
+        return float(self.ask(image, asked, sampling=Sampling(max_tokens=1, yes_no=self._yes_no)))
 
     def load(self, image: ImageSource) -> Pixels:
         """``image`` decoded, stripped and fitted to the projector as the engine will use it."""
+        if not isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+            raise UsageError(
+                f"an image is a path, encoded bytes or a PIL image, not {type(image).__name__}"
+            )
         return prepare(image, self.model.preparation)
 
     def close(self) -> None:
-        self.engine.close()
+        with self._lock:
+            self.engine.close()
 
     def __enter__(self) -> Moondream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _checked(sampling: Sampling | None) -> Sampling | None:
+    """``sampling`` held to the rules the settings keep (max_tokens at least 1, temperature
+    not negative, a seed only with a temperature)."""
+    if sampling is not None:
+        SamplingOptions(sampling.max_tokens, sampling.temperature, sampling.seed)
+    return sampling
 
 
 def answer_paths(
@@ -124,6 +168,8 @@ def answer_paths(
     else:
         task = describe_task()
         job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
+    backend = backend_for(settings)
+    backend.preflight(job)
     listing = job.open_list()
     try:
         sources = expand(
@@ -133,8 +179,8 @@ def answer_paths(
             null=settings.inputs.null,
         )
         # The caller's own prints on stdout must not be taken for a backend's notices.
-        hooks = Hooks(note=note or _to_stderr, notices=False)
-        results = backend_for(settings).results(job, sources, hooks)
+        hooks = Hooks(note=note or _to_stderr, warn=note or _to_stderr, notices=False)
+        results = backend.results(job, sources, hooks)
         try:
             for result in results:
                 yield from result.records

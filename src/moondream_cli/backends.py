@@ -43,6 +43,10 @@ class Hooks:
 class Backend(Protocol):
     """Answers a job's inputs; freeing what it loaded when the generator closes."""
 
+    def preflight(self, job: Job) -> None:
+        """What must be checked over the network before the network guard goes on (the
+        front-end calls it first); raise an MdreamError to stop the run there."""
+
     def results(self, job: Job, sources: Iterable[Source], hooks: Hooks) -> Results: ...
 
 
@@ -72,6 +76,9 @@ def backend_for(settings: Settings) -> Backend:
 class LocalBackend:
     """This process's own engine, loaded for the job, freed when the results close."""
 
+    def preflight(self, job: Job) -> None:
+        """Nothing: a local run never uses the network."""
+
     def results(self, job: Job, sources: Iterable[Source], hooks: Hooks) -> Results:
         from .images import read_stream
         from .loader import open_model
@@ -84,6 +91,7 @@ class LocalBackend:
             # One image never needs KV caches for sequences that would not be used.
             batch=1 if job.one_image else None,
             seq_tokens=job.seq_tokens(sampling.max_tokens),
+            scoring=job.scoring,
         ) as model:
             if model.engine.gpu_missing:
                 hooks.warn(f"{model.engine.gpu_missing}; --cpu runs there without this warning")

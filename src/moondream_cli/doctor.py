@@ -107,10 +107,12 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
     bundles = tuple(
         BundleState(b.name, b.path, b.state, b.detail, default=b.name == default) for b in bundles
     )
+    settings = settings or Settings()
     if self_check:
-        check = run_self_check(settings or Settings())
+        check = run_self_check(settings)
     else:
         check = SelfCheck("skipped", "not requested (--no-self-check)")
+        _check_the_model_named(settings, problems)
     return Report(
         mdream=__version__,
         python=platform.python_version(),
@@ -131,6 +133,17 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
         leftovers=tuple(left.describe() for left in paths.leftovers()),
         gpu_missing=gpu_missing,
     )
+
+
+def _check_the_model_named(settings: Settings, problems: list[str]) -> None:
+    """Without the self-check, a model named with --model-dir or MDREAM_MODEL is still
+    found and checked (headers, manifest): a name that leads nowhere is not healthy."""
+    if settings.model.model_dir is None and not os.environ.get("MDREAM_MODEL"):
+        return
+    try:
+        locate.resolve(settings.model.model_dir)
+    except ModelError as exc:
+        problems.append(str(exc))
 
 
 def _home_source() -> str:
@@ -168,6 +181,11 @@ def _bundle_states(problems: list[str]) -> list[BundleState]:
         directory = paths.models_dir() / name
         try:
             manifest = mf.read_manifest(directory)
+            failed = mf.failed_check(directory)
+            if failed is not None:
+                raise ModelError(
+                    f"failed its last full check ({failed}): run `mdream bundle verify {name}`"
+                )
             if mf.verified_recently(directory, manifest):
                 state, detail = "verified", "sizes and times match the last full sha256 check"
             else:

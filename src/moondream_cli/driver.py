@@ -61,6 +61,9 @@ def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
             results = backend_for(s).results(job, sources, hooks)
             try:
                 sink.consume(results)
+            except BaseException:
+                sink.end_line()  # Ctrl-C mid-answer: the message starts a line of its own
+                raise
             finally:
                 results.close()
         finally:

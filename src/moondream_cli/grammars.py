@@ -30,7 +30,8 @@ class Constraint:
     def check(self, answer: str, max_tokens: int) -> str:
         if not self._accepts(answer):
             raise InputError(
-                f"the answer did not complete {self.describe} within {max_tokens} tokens "
+                f"the answer did not complete {self.describe} within {max_tokens} "
+                f"token{'' if max_tokens == 1 else 's'} "
                 "(raise --max-tokens)"
             )
         return answer

@@ -196,10 +196,18 @@ def _check_size(size: tuple[int, int], max_megapixels: float) -> None:
     width, height = size
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
+        limit = f"{max_megapixels:g}"
+        shown = f"{megapixels:,.0f}" if megapixels >= 100 else _short(megapixels, 2)
+        if shown == limit:  # never "1 MP, over the 1 MP limit"
+            shown = _short(megapixels, 6)
         raise InputError(
-            f"image too large: {width}×{height} is {megapixels:,.0f} MP, over the "
-            f"{max_megapixels:g} MP limit (--max-megapixels raises it)"
+            f"image too large: {width}×{height} is {shown} MP, over the {limit} MP limit "
+            "(--max-megapixels raises it)"
         )
+
+
+def _short(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
 
 def _read_source(source: ImageSource, name: str) -> bytes:

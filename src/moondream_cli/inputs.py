@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -44,6 +44,10 @@ class Tally:
     """What walking folders left out, for the run's closing note."""
 
     not_images: int = 0  # files whose extension or first bytes are not an image's
+    broken_links: int = 0  # symbolic links to nothing, skipped
+    # With sidecars: the name of an image's sidecar (``a.jpg`` → ``a.txt``); the sidecars
+    # beside a folder's images are the run's own, not files left out.
+    sidecar_of: Callable[[str], str] | None = None
 
 
 def expand(
@@ -158,12 +162,18 @@ def _walk(
         yield Source(top, error=f"cannot read the folder: {exc.strerror or exc}")
         return
     subdirs: list[str] = []
+    images: list[str] = []
+    others: list[str] = []
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        path = os.path.join(top, entry.name) if top != "." else entry.name
+        # Joined even to ".": `./-x.jpg` stays a path when a record is fed back to a shell.
+        path = os.path.join(top, entry.name)
         try:
             is_dir = entry.is_dir()  # follows symlinks; loops are cut by ``visited``
+            if entry.is_symlink() and not os.path.exists(path):
+                tally.broken_links += 1  # a link to nothing is not an input that failed
+                continue
         except OSError:
             continue
         if is_dir:
@@ -171,9 +181,12 @@ def _walk(
                 subdirs.append(path)
             continue
         if os.path.splitext(entry.name)[1].lower() in EXTENSIONS and looks_like_image(path):
+            images.append(entry.name)
             yield Source(path)
         else:
-            tally.not_images += 1
+            others.append(entry.name)
+    ours = {tally.sidecar_of(name) for name in images} if tally.sidecar_of else set()
+    tally.not_images += sum(1 for name in others if name not in ours)
     for sub in subdirs:
         yield from _walk(sub, recursive, visited, tally)
 

@@ -1,8 +1,10 @@
 """What one describe/ask run is: its inputs, its questions and its settings, checked.
 
 A :class:`Job` is made by a front-end (the CLI, :func:`moondream_cli.answer_paths`) and
-checked on creation against :data:`RULES`, the rules between options: one row each, the
-condition that breaks it and what the user is told (exit 2). ``tests/test_job_rules.py``
+checked on creation against :data:`RULES`, the rules between options of different groups:
+one row each, the condition that breaks it and what the user is told (exit 2). A rule
+within one group (a range, a seed without a temperature) is that group's own check
+(``settings.py``), so the Python API keeps it too. ``tests/test_job_rules.py``
 holds one case per row. :mod:`.driver` runs a job; a backend (:mod:`.backends`) answers it.
 """
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UsageError
 from .images import EXTENSIONS
-from .records import Format, normalize_ext
+from .records import Format, SidecarName, normalize_ext
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -51,9 +53,13 @@ RULES: tuple[Rule, ...] = (
     Rule(
         lambda j: (
             not j.settings.outputs.sidecar
-            and (j.settings.outputs.overwrite or j.settings.outputs.ext != ".txt")
+            and (
+                j.settings.outputs.overwrite
+                or j.settings.outputs.ext != ".txt"
+                or j.settings.outputs.sidecar_name is not SidecarName.STEM
+            )
         ),
-        _says("--overwrite and --ext only apply with --sidecar"),
+        _says("--overwrite, --ext and --sidecar-name only apply with --sidecar"),
     ),
     Rule(
         lambda j: j.settings.outputs.sidecar and "-" in j.inputs,
@@ -85,14 +91,6 @@ RULES: tuple[Rule, ...] = (
         lambda j: j.settings.outputs.resume is not None and j.fmt is not Format.JSONL,
         _says("--resume continues a --format jsonl run: add --format jsonl"),
     ),
-    Rule(
-        lambda j: j.settings.console.quiet and j.settings.console.verbose,
-        _says("--quiet and --verbose contradict each other: choose one"),
-    ),
-    Rule(
-        lambda j: j.settings.sampling.seed is not None and not j.settings.sampling.temperature,
-        _says("--seed only matters with --temperature above 0 (greedy is exact)"),
-    ),
 )
 
 
@@ -108,6 +106,7 @@ class Job:
     settings: Settings
     max_tokens: int
     constraint: Constraint | None = None
+    scoring: bool = False  # answers are the probability of yes (`mdream grep`)
 
     def __post_init__(self) -> None:
         for rule in RULES:

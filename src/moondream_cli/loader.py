@@ -8,7 +8,7 @@ over from Pillow here once, not remembered per front-end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import locate
@@ -45,11 +45,13 @@ def open_model(
     batch: int | None = None,
     seq_tokens: int | None = None,
     files: locate.ModelFiles | None = None,
+    scoring: bool = False,
 ) -> OpenModel:
     """The model ``settings.model`` names, loaded, with ``settings``' sampling (answers of
     ``max_tokens`` when the settings set no length). ``batch`` and ``seq_tokens`` size the
     engine where the settings leave it open (``Settings.engine_options``); ``files``, when
-    the caller resolved them already (``doctor`` turns the guard on in between)."""
+    the caller resolved them already (``doctor`` turns the guard on in between). With
+    ``scoring``, answers are the probability of yes (``mdream grep``; ``yes_no_tokens``)."""
     from .engine import Engine
     from .images import Prepare, own_the_size_check
 
@@ -57,5 +59,25 @@ def open_model(
     files = files or locate.resolve(settings.model.model_dir)
     sampling = settings.sampler(max_tokens)
     engine = Engine(files, settings.engine_options(batch=batch, seq_tokens=seq_tokens))
+    if scoring:
+        sampling = replace(sampling, max_tokens=1, yes_no=yes_no_tokens(engine))
     preparation = Prepare(engine.image_size, engine.fit, settings.model.max_megapixels)
     return OpenModel(engine, sampling, preparation, files)
+
+
+def yes_no_tokens(engine: Engine) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tokens a yes or a no can start an answer with, in this model's vocabulary: each
+    word of ``prompts.YES_WORDS`` / ``NO_WORDS`` with and without its leading space, where
+    the tokenizer makes it one token."""
+    from .prompts import NO_WORDS, YES_WORDS
+
+    def ids(words: tuple[str, ...]) -> tuple[int, ...]:
+        found = [engine.tokenize(form) for word in words for form in (" " + word, word)]
+        return tuple(sorted({t[0] for t in found if len(t) == 1}))
+
+    yes, no = ids(YES_WORDS), ids(NO_WORDS)
+    if not yes or not no:
+        from .errors import ModelError
+
+        raise ModelError("this model's vocabulary has no one-token yes and no: it cannot score")
+    return yes, no

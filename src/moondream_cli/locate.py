@@ -61,6 +61,14 @@ def from_dir(directory: Path) -> ModelFiles:
 
 def _from_bundle(directory: Path) -> ModelFiles:
     manifest = mf.read_manifest(directory)
+    failed = mf.failed_check(directory)
+    if failed is not None:
+        raise ModelError(
+            f"bundle {directory.name} failed its last full check ({failed}) — restore the "
+            f"file and run `mdream bundle verify {directory.name}`, or reinstall it with "
+            "`mdream bundle install FILE.tar`",
+            path=str(directory),
+        )
     if not mf.verified_recently(directory, manifest):
         # Never verified here, or changed since: hash in full before trusting it.
         mf.verify_full(directory, manifest)

@@ -3,7 +3,9 @@
 ``manifest.json`` lists every model file with its role, size and sha256. Installing a
 bundle hashes every file against it and then records each file's size and mtime in
 ``.verified.json``; before inference only that cheap record is compared, and
-``mdream bundle verify`` re-hashes in full.
+``mdream bundle verify`` re-hashes in full. A full check that fails is remembered in
+``.failed.json`` (and the cheap record dropped): inference and ``doctor`` refuse the bundle
+until a full check passes again, however unchanged its sizes and times look.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from .errors import ModelError
+from .portable import read_flags
 
 MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"
+FAILED = ".failed.json"
 FORMAT = 1
 ROLES = ("text", "mmproj")
 # Matched with fullmatch: `$` would also accept a name that ends in a newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "a bundle name is letters, digits, '.', '_' and '-', starting with a letter or digit"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # No model file comes near a pebibyte; a larger size is a hostile manifest, whose sums and
 # MiB figures would otherwise overflow.
@@ -172,6 +177,35 @@ def record_verified(directory: Path, manifest: Manifest) -> None:
     tmp = directory / (VERIFIED + ".tmp")
     tmp.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, directory / VERIFIED)
+
+
+def record_failed(directory: Path, reason: str) -> None:
+    """Remember that a full check failed, and why; forget the last one that passed."""
+    (directory / VERIFIED).unlink(missing_ok=True)
+    tmp = directory / (FAILED + ".tmp")
+    tmp.write_text(json.dumps({"reason": reason}) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / FAILED)
+
+
+def clear_failed(directory: Path) -> None:
+    (directory / FAILED).unlink(missing_ok=True)
+
+
+def failed_check(directory: Path) -> str | None:
+    """Why the bundle's last full check failed, or None if it did not (or none failed)."""
+    try:
+        fd = os.open(directory / FAILED, read_flags())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"its failure record cannot be read ({exc.strerror or exc})"
+    with open(fd, "rb") as f:
+        data = f.read(65536)
+    try:
+        reason = json.loads(data)["reason"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return "its failure record is damaged"
+    return str(reason) if isinstance(reason, str) else "its failure record is damaged"
 
 
 def verified_recently(directory: Path, manifest: Manifest) -> bool:

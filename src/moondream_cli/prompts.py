@@ -47,6 +47,28 @@ ASK_MAX_TOKENS = 256  # an answer's length when nothing else says
 STOP_MARKERS = ("\n\nQuestion:", "\n\nAnswer:")
 
 
+# `mdream grep`: a phrase ("a receipt") becomes this yes/no question. The reference was
+# trained on VQA-style questions; "Is there …?" is the plainest one that names what to look
+# for without presupposing it (VQAScore, Lin et al. 2024, asks "Does this figure show …?",
+# a caption-matching wording Moondream2 saw less of), and it is what the tests' trained
+# model learned (tests/data/shapes-moondream/README.md). Its score is the model's
+# probability of a yes against a no at the first answer token: the words below, with and
+# without the leading space the reference's answers start with, as the tokenizer splits
+# them (only the single-token forms count).
+GREP_QUESTION = "Is there {phrase}?"
+YES_WORDS = ("yes", "Yes", "YES")
+NO_WORDS = ("no", "No", "NO")
+
+
+def grep_question(phrase: str) -> str:
+    """The yes/no question ``mdream grep`` asks for a phrase; a phrase that is a question
+    already ("Is it a receipt?") is asked as written."""
+    phrase = phrase.strip().rstrip(".")
+    if phrase.endswith("?"):
+        return phrase
+    return GREP_QUESTION.format(phrase=phrase)
+
+
 @dataclass(frozen=True)
 class Task:
     """A built-in question and the answer length that suits it."""

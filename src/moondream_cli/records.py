@@ -25,6 +25,14 @@ from .errors import InputError, OutputError, UsageError
 from .portable import set_mode
 
 
+class SidecarName(str, Enum):
+    """How a sidecar is named after its image: ``a.txt`` (stem) or ``a.jpg.txt`` (full, so
+    that ``a.jpg`` and ``a.png`` in one folder each get their own)."""
+
+    STEM = "stem"
+    FULL = "full"
+
+
 class Format(str, Enum):
     """How records are written to stdout."""
 
@@ -180,9 +188,15 @@ def normalize_ext(ext: str) -> str:
     return ext
 
 
-def sidecar_path(image: str | os.PathLike[str], ext: str) -> Path:
-    """``photos/cat.jpg`` → ``photos/cat.txt``."""
-    return Path(image).with_suffix(ext)
+def sidecar_path(
+    image: str | os.PathLike[str], ext: str, naming: SidecarName = SidecarName.STEM
+) -> Path:
+    """``photos/cat.jpg`` → ``photos/cat.txt``, or with ``full`` naming
+    ``photos/cat.jpg.txt``."""
+    path = Path(image)
+    if naming is SidecarName.FULL:
+        return path.with_name(path.name + ext)
+    return path.with_suffix(ext)
 
 
 def _umask() -> int:

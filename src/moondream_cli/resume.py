@@ -37,6 +37,7 @@ class Resumed:
     answered: dict[str, set[str]] = field(default_factory=dict)  # path → questions answered
     skipped: int = 0  # images skipped so far
     cut: int = 0  # bytes of a partial last record cut off FILE
+    records: int = 0  # successful records FILE holds
 
     def skip(self, source: Source) -> bool:
         done = self.answered.get(source.label)
@@ -92,6 +93,7 @@ def _read(path: str, f: BinaryIO, resumed: Resumed) -> int | None:
             ) from None
         if ok and isinstance(key, str) and isinstance(question, str):
             resumed.answered.setdefault(key, set()).add(question)
+            resumed.records += 1
     return None
 
 

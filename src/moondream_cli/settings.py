@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
-from .records import Format
+from .records import Format, SidecarName
 from .reference import Fit
 
 if TYPE_CHECKING:  # the engine's package loads Pillow: not for `mdream --help`
     from .engine.options import EngineOptions, Sampling
+
+
+# llama.cpp's LLAMA_MAX_SEQ: a context with more sequences cannot be made at all.
+MAX_BATCH = 256
 
 
 def _at_least(name: str, value: float | None, least: float) -> None:
@@ -49,6 +53,7 @@ class OutputOptions:
     fmt: Format | None = None  # None: text, or nothing on stdout with --sidecar
     sidecar: bool = False  # each answer in a file beside its image
     ext: str = ".txt"  # the sidecar suffix
+    sidecar_name: SidecarName = SidecarName.STEM  # a.txt, or a.jpg.txt (full)
     overwrite: bool = False  # replace existing sidecars instead of skipping their images
     fail_fast: bool = False  # stop at the first input that fails
     resume: str | None = None  # an earlier --format jsonl output: skip what it answered
@@ -68,6 +73,11 @@ class ModelOptions:
     def __post_init__(self) -> None:
         _at_least("threads", self.threads, 1)
         _at_least("batch", self.batch, 1)
+        if self.batch is not None and self.batch > MAX_BATCH:
+            raise UsageError(
+                f"batch must be at most {MAX_BATCH} (llama.cpp's limit on the sequences of one "
+                f"context), not {self.batch}"
+            )
         _at_least("max_megapixels", self.max_megapixels, 0.01)
 
 
@@ -82,6 +92,8 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         _at_least("max_tokens", self.max_tokens, 1)
         _at_least("temperature", self.temperature, 0.0)
+        if self.seed is not None and not self.temperature:
+            raise UsageError("seed only matters with a temperature above 0 (greedy is exact)")
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,10 @@ class ConsoleOptions:
 
     verbose: bool = False  # llama.cpp's and libmtmd's own log lines
     quiet: bool = False  # errors only: no progress, no notes
+
+    def __post_init__(self) -> None:
+        if self.quiet and self.verbose:
+            raise UsageError("--quiet and --verbose contradict each other: choose one")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ stdout or the disk can take nothing more, the run stops with an :class:`OutputEr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -18,13 +19,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from . import interrupt
-from .errors import InputError, OutputError
+from .errors import InputError, MdreamError, OutputError
 from .images import EXTENSIONS
 from .inputs import Source, Tally
 from .progress import Progress
 from .records import (
     Record,
     Renderer,
+    SidecarName,
     escape_controls,
     escape_line,
     normalize_ext,
@@ -66,7 +68,11 @@ class Sink:
         self.progress = progress
         self.resumed = resumed
         self.outcome = Outcome()
+        self.mid_line = False  # a streamed answer is on stdout without its line end
         self.tally = Tally()  # what walking folders left out; filled by inputs.expand
+        if policy.sidecar:
+            ext, naming = normalize_ext(policy.ext), policy.sidecar_name
+            self.tally.sidecar_of = lambda name: sidecar_path(name, ext, naming).name
         self.planned: dict[str, str] = {}  # sidecar (real path) → the image it is for
         self.ext = normalize_ext(policy.ext)
 
@@ -90,6 +96,16 @@ class Sink:
     def stream_text(self, text: str) -> None:
         """A piece of the answer as it is generated: control characters escaped."""
         self.text(escape_controls(text))
+        if text:
+            self.mid_line = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        """An answer cut off while it streamed (Ctrl-C, an error) ends its line, so that the
+        message after it starts a line of its own."""
+        if self.mid_line:
+            self.mid_line = False
+            with contextlib.suppress(MdreamError, OSError):
+                self.text("\n")
 
     def skip(self, source: Source) -> bool:
         """Before the image is decoded: True to skip it (``--resume``'s file answered it, or
@@ -104,12 +120,19 @@ class Sink:
         s = self.policy
         if not s.sidecar or source.error is not None:
             return False
-        path = sidecar_path(source.label, self.ext)
+        path = sidecar_path(source.label, self.ext, s.sidecar_name)
         key = os.path.realpath(path)
         if key == os.path.realpath(source.label):
             raise InputError(f"the {self.ext} sidecar would replace the image itself; use --ext")
         if key in self.planned:
-            raise InputError(f"{path} is the sidecar of {self.planned[key]} too; use --ext")
+            other = escape_controls(self.planned[key])
+            if s.sidecar_name is SidecarName.STEM:
+                full = sidecar_path(source.label, self.ext, SidecarName.FULL).name
+                raise InputError(
+                    f"{path} is the sidecar of {other} too: with --sidecar-name full each "
+                    f"image gets its own ({escape_controls(full)})"
+                )
+            raise InputError(f"{path} is the sidecar of {other} too")
         self.planned[key] = source.label
         try:
             st = os.lstat(path)
@@ -139,6 +162,7 @@ class Sink:
             if self.render is not None:
                 if self.stream and records[0].ok:
                     self.text("\n")  # the answer itself was streamed
+                    self.mid_line = False
                 else:
                     self.text("".join(self.render.render(r) for r in records))
             bad = [r for r in records if not r.ok]
@@ -158,7 +182,11 @@ class Sink:
             info("no images found")
         if self.tally.not_images:
             n = self.tally.not_images
-            info(f"left out {n} file{_s(n)} in the folders that {_are(n)} not images")
+            what = "is not an image" if n == 1 else "are not images"
+            info(f"left out {n} file{_s(n)} in the folders that {what}")
+        if self.tally.broken_links:
+            n = self.tally.broken_links
+            info(f"skipped {n} broken symbolic link{_s(n)} in the folders")
         if outcome.sidecars:
             info(f"wrote {outcome.sidecars} {self.ext} sidecar{_s(outcome.sidecars)}")
         resumed = self.resumed
@@ -170,14 +198,26 @@ class Sink:
                 f"cut an unfinished record ({resumed.cut} bytes) off the end of "
                 f"{escape_line(self.policy.resume or '')}: its image is answered again"
             )
-        if resumed is not None and resumed.skipped:
-            n = resumed.skipped
-            info(f"skipped {n} image{_s(n)} answered already (--resume)")
+        if resumed is not None:
+            self._resume_notes(resumed)
+
+    def _resume_notes(self, resumed: Resumed) -> None:
+        name = escape_line(self.policy.resume or "")
+        n = resumed.skipped
+        if n:
+            self.progress.info(f"skipped {n} image{_s(n)} answered already (--resume)")
+        elif resumed.records and self.outcome.seen:
+            # The same photos named another way (photos/ then ./photos) match nothing.
+            self.progress.warn(
+                f"--resume matched none of the {resumed.records} answered records in {name}: "
+                "records are matched by their path as written, so resume with the same "
+                "arguments from the same folder (every image was answered again)"
+            )
 
     def _write_sidecar(self, record: Record) -> Record:
         if not record.ok or record.answer is None:
             return record
-        path = sidecar_path(record.path, self.ext)
+        path = sidecar_path(record.path, self.ext, self.policy.sidecar_name)
         try:
             if path.suffix.lower() in EXTENSIONS or _is_image(path):
                 raise InputError(f"{path} is an image: a sidecar never replaces one")
@@ -200,7 +240,3 @@ def _is_image(path: os.PathLike[str]) -> bool:
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
-
-
-def _are(n: int) -> str:
-    return "is" if n == 1 else "are"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def fetch(
     recipe: str | None = None,
     *,
     from_dir: Path | None = None,
-    output: Path | None = None,
+    output: str | os.PathLike[str] | None = None,
     install: bool = True,
     name: str | None = None,
     threads: int | None = None,
@@ -57,10 +58,10 @@ def fetch(
     progress = progress or Progress()
     if not install and output is None:
         raise UsageError("nothing to do: --no-install needs --output FOLDER|FILE.tar")
+    if name is not None and not mf.valid_name(name):
+        raise UsageError(f"invalid bundle name {name!r}: {mf.NAME_RULE}")
     if output is not None:
         output = output_folder_or_file(output)
-    if output is not None and not output.is_dir() and not output.parent.is_dir():
-        raise FetchError("output folder does not exist", path=str(output))
     if from_dir is not None:
         chosen, sources = local_sources(from_dir, recipe, progress)
     else:

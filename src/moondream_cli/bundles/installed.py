@@ -40,6 +40,13 @@ class BundleInfo:
     default: bool
     intact: bool  # sizes and recorded mtimes match (the cheap check)
     model: str = "?"  # the release the files hold (manifest "model"; "?" in older bundles)
+    failed: str | None = None  # why its last full check failed (``manifest.record_failed``)
+
+    @property
+    def state(self) -> str:
+        if self.failed is not None:
+            return f"failed its last full check: {self.failed} (mdream bundle verify)"
+        return "verified" if self.intact else "changed since last verified"
 
 
 def current_default() -> str:
@@ -114,6 +121,7 @@ def list_bundles() -> list[BundleInfo]:
                 default=name == default,
                 intact=intact,
                 model=str(manifest.extra.get("model") or "?"),
+                failed=mf.failed_check(directory),
             )
         )
     return infos
@@ -134,13 +142,22 @@ def verify(name: str, progress: Progress | None = None) -> None:
     progress.start(f"verifying {name}", sum(e.size for e in manifest.files))
     try:
         mf.verify_full(directory, manifest, progress.advance)
+    except ModelError as exc:
+        # Remembered: inference and doctor refuse the bundle until a full check passes.
+        mf.record_failed(directory, str(exc))
+        raise
     finally:
         progress.finish()
     mf.record_verified(directory, manifest)
+    mf.clear_failed(directory)
 
 
 def export(
-    name: str, out: Path, progress: Progress | None = None, *, overwrite: bool = False
+    name: str,
+    out: str | os.PathLike[str],
+    progress: Progress | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Pack an installed bundle back into its tarball (byte-identical to the one installed);
     an existing tarball is replaced only with ``overwrite``."""

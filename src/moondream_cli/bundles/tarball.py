@@ -27,17 +27,30 @@ def tarball_name(name: str) -> str:
     return f"{name}{SUFFIX}"
 
 
-def output_folder_or_file(out: Path) -> Path:
-    """``--output``: a path ending in ``.tar`` names the tarball; anything else is a folder,
-    created if missing (so `--output bundles/` never silently becomes a file named bundles)."""
-    if out.suffix != ".tar" and not out.exists():
+def output_folder_or_file(out: str | os.PathLike[str]) -> Path:
+    """``--output`` as ``cp`` reads a destination: an existing folder, or a name ending in a
+    slash (a folder, made if its parent exists), holds the tarball under its own name;
+    anything else is the tarball's file name. A parent folder that does not exist is a
+    usage error (exit 2), before any work."""
+    text = os.fspath(out)
+    path = Path(text)
+    if path.is_dir():
+        return path
+    if text.endswith(("/", os.sep)):
+        if not path.parent.is_dir():
+            raise UsageError(f"the folder {path.parent} does not exist", path=text)
         try:
-            out.mkdir(parents=True)
+            path.mkdir()
         except OSError as exc:
-            raise BundleError(
-                f"cannot create folder: {exc.strerror or exc}", path=str(out)
-            ) from exc
-    return out
+            raise UsageError(f"cannot create the folder: {exc.strerror or exc}", path=text) from exc
+        return path
+    if not path.parent.is_dir():
+        raise UsageError(
+            f"the folder {path.parent} does not exist (give an existing folder, or FOLDER/ "
+            "to make one)",
+            path=text,
+        )
+    return path
 
 
 def pack(

@@ -8,6 +8,7 @@ into exit codes of its own.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
@@ -20,7 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__, interrupt
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError, OutputClosed, OutputError
-from . import bundles, doctor, infer
+from . import bundles, doctor, grep, infer
 from .help import Command, Group
 from .output import ClosedStdout, Output, results, silence_stdout
 
@@ -89,9 +90,31 @@ def _map_every_command(group: typer.Typer) -> None:
 
 
 infer.register_inference_commands(app)
+grep.register_grep_command(app)
 bundles.register_bundle_commands(app)
 doctor.register_doctor_command(app)
 _map_every_command(app)
+
+
+def _usage_message(exc: Exception) -> str | None:
+    """The parser's complaint as one line that ends by naming the help to read; None after
+    the help itself was shown (plain `mdream`)."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        return None
+    if type(exc).__name__ == "NoSuchOption":
+        option = str(getattr(exc, "option_name", ""))
+        known = list(getattr(exc, "possibilities", None) or [])
+        if ctx is not None:
+            known += [o for p in ctx.command.get_params(ctx) for o in p.opts]
+        close = difflib.get_close_matches(option, known, n=1, cutoff=0.75)
+        message = f"no such option: {option}" + (f" (did you mean {close[0]}?)" if close else "")
+    else:
+        message = str(getattr(exc, "format_message", lambda: str(exc))())
+        message = message.replace("Value error, ", "").rstrip(".")
+    if ctx is not None:
+        message += f" — see '{ctx.command_path} --help'"
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,12 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.exceptions.TyperException as exc:  # usage errors from the parser
         if debug:
             traceback.print_exc()
-        message = exc.format_message()
+        message = _usage_message(exc)
         if message:
             output.error(message)
-        ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            output.hint(f"Try '{ctx.command_path} --help' for help.")
         code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
     try:
         results().flush()

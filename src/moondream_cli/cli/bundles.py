@@ -106,17 +106,22 @@ def fetch_command(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--output",
             "-o",
-            help="Also write the bundle tarball here (a folder or FILE.tar).",
+            help="Also write the bundle tarball here: a folder (an existing one, or FOLDER/ to "
+            "make it), or the FILE.tar to write.",
             metavar="DIR|FILE",
             show_default=False,
         ),
     ] = None,
     install: Annotated[
-        bool, typer.Option("--install/--no-install", help="Install the bundle under MDREAM_HOME.")
+        bool,
+        typer.Option(
+            "--install/--no-install",
+            help="Install the bundle under MDREAM_HOME (default), or only pack it.",
+        ),
     ] = True,
     name: Annotated[
         str | None,
@@ -180,13 +185,14 @@ def install_command(
     sys.stdout.write(f"{result.name}\n")
 
 
-LIST_HEADER = "  NAME\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\n"
+LIST_HEADER = "NAME\tDEFAULT\tSIZE\tQUANTIZATION\tMODEL\tSOURCE\tSTATE\n"
 
 
 def list_command() -> None:
-    """List installed bundles: name, size, quantization, model, source, default (*)."""
+    """List installed bundles: name, default (*), size, quantization, model, source, state."""
     from .. import paths
     from ..bundles.installed import NOTHING_INSTALLED, list_bundles
+    from ..records import escape
 
     out = Output()
     for left in paths.leftovers():
@@ -196,13 +202,17 @@ def list_command() -> None:
     if not infos:
         out.info(NOTHING_INSTALLED)
     for info in infos:
-        quant = info.quantization
-        mark = "*" if info.default else " "
-        flag = "" if info.intact else "\t(changed since last verified)"
-        sys.stdout.write(
-            f"{mark} {info.name}\t{info.size / 2**20:,.1f} MiB\t{quant}\t{info.model}\t"
-            f"{info.source}{flag}\n"
+        fields = (
+            info.name,
+            "*" if info.default else "",
+            f"{info.size / 2**20:,.1f} MiB",
+            info.quantization,
+            info.model,
+            info.source,
+            info.state,
         )
+        # The manifest's words are its writer's: escaped, they cannot forge a row.
+        sys.stdout.write("\t".join(escape(f) for f in fields) + "\n")
 
 
 def default_command(
@@ -264,11 +274,12 @@ def export_command(
     name: NameArg,
     *,
     output: Annotated[
-        Path,
+        str,
         typer.Option(
             "--output",
             "-o",
-            help="A folder, or the FILE.tar to write.",
+            help="A folder (an existing one, or FOLDER/ to make it) for the tarball under its "
+            "own name, or the FILE.tar to write.",
             metavar="DIR|FILE",
             show_default=False,
         ),

@@ -40,9 +40,9 @@ def register_doctor_command(app: typer.Typer) -> None:
 
 def doctor_command(
     *,
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Report format.")] = (
-        ReportFormat.TEXT
-    ),
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="Report format. Default: text.")
+    ] = (ReportFormat.TEXT),
     no_self_check: Annotated[
         bool,
         typer.Option(

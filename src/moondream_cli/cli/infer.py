@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -91,7 +92,7 @@ def describe(
         typer.Option(
             "--style",
             "-s",
-            help="caption (sentences) or tags (comma-separated, for text-to-image).",
+            help="caption (sentences; the default) or tags (comma-separated, for text-to-image).",
         ),
     ] = Style.CAPTION,
     settings: Settings,
@@ -122,6 +123,7 @@ def ask(
             "--question",
             "-q",
             help="A question; repeat for several. Then every argument is an image.",
+            metavar="TEXT",
         ),
     ] = None,
     choices: Annotated[
@@ -195,18 +197,34 @@ def _run(job: Job) -> None:
     """Run the job with stdout claimed for results and the network forbidden; exit 1 when an
     input failed (each was reported as it failed)."""
     from .. import guard
+    from ..backends import backend_for
     from ..driver import run_job
     from ..engine import native
     from ..errors import EXIT_INPUT, Failed
     from .output import Output, claim_stdout
 
+    if "-" in job.inputs and _isatty(sys.stdin):
+        raise UsageError(
+            "'-' reads an image from stdin, and stdin is this terminal: pipe one in "
+            "(cat photo.jpg | mdream describe -)"
+        )
+    backend_for(job.settings).preflight(job)  # a cluster's address, before the guard
     guard.forbid_network()
     out = claim_stdout(needed=job.fmt is not None)
     with Output(quiet=job.settings.console.quiet) as output:
         native.set_log_writer(output.native_log)
+        if job.settings.inputs.files_from == "-" and _isatty(sys.stdin):
+            output.info("reading image paths from the terminal, one a line; Ctrl-D ends them")
         outcome = run_job(job, out, output)
     if outcome.failed:
         raise Failed(f"{outcome.failed} of {outcome.seen} inputs failed", EXIT_INPUT)
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _names_an_image(text: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 
-from ..records import Format
+from ..records import Format, SidecarName
 from ..reference import Fit
 from ..settings import (
     ClusterOptions,
@@ -78,6 +78,15 @@ OUTPUT_OPTIONS: dict[str, Any] = {
     ],
     "ext": Annotated[
         str, typer.Option("--ext", help="Sidecar file suffix. Default: .txt.", metavar="EXT")
+    ],
+    "sidecar_name": Annotated[
+        SidecarName,
+        typer.Option(
+            "--sidecar-name",
+            help="'stem' (default): a.jpg → a.txt; 'full': a.jpg → a.jpg.txt, so a.jpg and "
+            "a.png in one folder get one each.",
+            show_default=False,
+        ),
     ],
     "overwrite": Annotated[
         bool,
@@ -226,14 +235,15 @@ SETTINGS_FIELD: dict[type, str] = {
 F = TypeVar("F", bound=Callable[..., None])
 
 
-def with_groups(*groups: type) -> Callable[[F], F]:
+def with_groups(*groups: type, replace: dict[str, Any] | None = None) -> Callable[[F], F]:
     """Give the command the options of ``groups``, each group in its own ``--help`` panel;
-    it receives them as ``settings``.
+    it receives them as ``settings``. ``replace`` gives a field another option, by name.
 
     The command declares a keyword-only ``settings: Settings`` parameter; Typer sees, in its
     place, one option per field of each group (defaults from the dataclasses).
     """
     chosen = list(groups)
+    replace = replace or {}
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -242,7 +252,8 @@ def with_groups(*groups: type) -> Callable[[F], F]:
         for group in chosen:
             spec = GROUPS[group]
             for f in dataclasses.fields(group):
-                annotation = _in_panel(spec.options[f.name], spec.panel)
+                # A command may spell a field's option its own way (grep's -v is not --verbose).
+                annotation = _in_panel(replace.get(f.name, spec.options[f.name]), spec.panel)
                 added.append(
                     inspect.Parameter(
                         f.name,

@@ -15,10 +15,11 @@ from ..images import Pixels
 from ..locate import ModelFiles
 from ..reference import Fit
 from . import native
-from .batching import Answer, ContinuousBatch, Request
+from .batching import ContinuousBatch
 from .options import EngineOptions, Sampling
 from .plan import Plan
 from .runtime import Runtime, Timings
+from .slot import Answer, Request, Slot
 
 
 class Engine:
@@ -31,8 +32,6 @@ class Engine:
         self.files = files
         self.options = options or EngineOptions()
         self._runtime: Runtime | None = Runtime(files, self.options)
-        self._prefix_len = 0
-        self._prefix_key: object = None
         self.last_tokens = 0  # tokens sampled by the last `ask` (EOS or stop included)
         self.peak_live = 0  # most sequences `ask_many` decoded together in its last call
 
@@ -122,15 +121,22 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- one image at a time ---------------------------------------------------------------
+    # -- one image at a time, in slot 0 ----------------------------------------------------
+    def _image_slot(self) -> Slot:
+        slot = self._rt.slots[0]
+        if not slot.prefix_len:
+            raise UsageError("no image has been set")
+        return slot
+
     def set_image(self, pixels: Pixels, *, key: object = None, label: str | None = None) -> None:
         """Evaluate "BOS, image" as the cache prefix. ``key`` identifies the image for reuse."""
         rt = self._rt
-        if key is not None and key == self._prefix_key:
+        slot = rt.slots[0]
+        if key is not None and key == slot.key:
             return
-        self._prefix_key, self._prefix_len = None, 0
-        self._prefix_len = rt.eval_image(pixels, 0, label)
-        self._prefix_key = key
+        slot.key, slot.label = None, label
+        rt.eval_image(slot, pixels)
+        slot.key = key
 
     def ask(
         self,
@@ -139,21 +145,18 @@ class Engine:
         on_text: Callable[[str], None] | None = None,
     ) -> str:
         """Answer ``question`` about the current image; ``on_text`` receives streamed text."""
-        rt = self._rt
-        if not self._prefix_len:
-            raise UsageError("no image has been set")
-        sampling = sampling or Sampling()
-        tokens, limit = rt.question_tokens(0, self._prefix_len, question, sampling)
-        (row,) = rt.decode_prompts([(tokens, self._prefix_len, 0)])
-        reply = rt.reply(self._prefix_len + len(tokens), limit, sampling, on_text)
+        rt, slot = self._rt, self._image_slot()
+        rt.stage_question(slot, question, sampling or Sampling(), on_text=on_text)
         try:
-            while (text := reply.step(row)) is None:
-                self.last_tokens = reply.tokens
-                rt.decode_step([(reply, 0)])
-                row = 0
+            rt.decode_prompts([slot])
+            while not slot.sample(rt.context):
+                self.last_tokens = slot.tokens
+                rt.decode_step([slot])
         finally:
-            reply.close()
-        self.last_tokens = reply.tokens
+            slot.drop()
+        self.last_tokens = slot.tokens
+        text, slot.text = slot.text, None
+        assert text is not None
         return text
 
     def trace_logits(
@@ -162,12 +165,13 @@ class Engine:
         """For measurements: evaluate ``question`` after the current image, then ``steps``
         times hand ``choose`` the next-token logits (float32, valid during the call) and feed
         the token it returns. Returns the tokens fed."""
-        rt = self._rt
-        if not self._prefix_len:
-            raise UsageError("no image has been set")
-        tokens, _ = rt.question_tokens(0, self._prefix_len, question, Sampling())
-        rt.decode_prompts([(tokens, self._prefix_len, 0)])
-        return rt.follow(self._prefix_len + len(tokens), 0, steps, choose)
+        rt, slot = self._rt, self._image_slot()
+        rt.stage_question(slot, question, Sampling())
+        try:
+            rt.decode_prompts([slot])
+        finally:
+            slot.drop()  # the caller chooses the tokens: no sampler
+        return rt.follow(slot, steps, choose)
 
     # -- many images at once ---------------------------------------------------------------
     def ask_many(
@@ -189,10 +193,9 @@ class Engine:
         the running sequences go on, or, with none running, the next request is asked for at
         once.
         """
-        rt = self._rt
-        self._prefix_key, self._prefix_len = None, 0
         self.peak_live = 0
-        batch = ContinuousBatch(rt, sampling or Sampling())
+        # The run empties every sequence: the single path's image is gone after it.
+        batch = ContinuousBatch(self._rt, sampling or Sampling())
         try:
             yield from batch.run(requests, ready)
         finally:

@@ -49,3 +49,7 @@ class Sampling:
     # Exactly max_tokens tokens: EOS is masked and no turn marker stops the answer.
     # For benchmarks, where both sides must generate the same number of tokens.
     fixed_length: bool = False
+    # Score instead of answering (`mdream grep`): the answer is the model's probability of
+    # yes against no at the first answer position, P(yes) / (P(yes) + P(no)), summed over
+    # these token ids (the tokens a "yes" or a "no" can start with); nothing is sampled.
+    yes_no: tuple[tuple[int, ...], tuple[int, ...]] | None = None

@@ -1,11 +1,12 @@
 """A loaded text model and mmproj, and the evaluation steps every answer is made of.
 
-:class:`Runtime` loads the pair as :mod:`.plan` lays it out and offers the four steps the
-single-image path and continuous batching share: an image into a sequence
-(:meth:`~Runtime.eval_image`; several at once, :meth:`~Runtime.eval_images`), question
-prompts (:meth:`~Runtime.decode_prompts`), one decode step for every running answer
-(:meth:`~Runtime.decode_step`), and :meth:`~Runtime.reply`, which samples an answer. Each
-step's time inside llama.cpp is added to :class:`Timings`.
+:class:`Runtime` loads the pair as :mod:`.plan` lays it out, keeps one :class:`~.slot.Slot`
+per sequence, and offers the four steps the single-image path and continuous batching share:
+an image into a slot (:meth:`~Runtime.eval_image`; several at once,
+:meth:`~Runtime.eval_images`), a question staged (:meth:`~Runtime.stage_question`) and its
+prompt evaluated (:meth:`~Runtime.decode_prompts`), and one decode step for every running
+answer (:meth:`~Runtime.decode_step`). Each step's time inside llama.cpp is added to
+:class:`Timings`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .. import reference
 from ..errors import InputError, ModelError
@@ -26,7 +27,7 @@ from . import native
 from .cpus import cpu_has_amx, default_threads
 from .options import EngineOptions, Sampling
 from .plan import Plan, gpu_free_bytes, image_positions, kv_bytes_per_position, plan
-from .stream import Reply, TextStream
+from .slot import Slot
 
 OwnedT = TypeVar("OwnedT", bound=native.Owned)
 
@@ -49,17 +50,6 @@ class Timings:
             setattr(self, f.name, f.default)
 
 
-@dataclass
-class _Staged:
-    """An image encoded for a batched prefill: its embeddings go to ``seq`` from ``pos``."""
-
-    index: int  # in the eval_images call
-    seq: int
-    pos: int
-    embeddings: Any  # a ctypes float array, n_tokens rows of n_embd
-    n_tokens: int
-
-
 class Runtime:
     """The loaded pair, laid out for ``plan.batch`` sequences. Not thread-safe."""
 
@@ -68,13 +58,15 @@ class Runtime:
         self.files = files
         self.threads = options.threads or default_threads()
         self.on_gpu = options.gpu and native.gpu_offload()
+        # A GPU build that found no GPU: why (None with --cpu, on a GPU, or a CPU build).
         self.gpu_missing = native.missing_gpu() if options.gpu and not self.on_gpu else None
         self.timings = Timings()
         self.load_seconds: dict[str, float] = {}  # where loading went, by part
-        self._bos_seqs: set[int] = set()  # sequences whose position 0 holds the BOS
+        self.slots: list[Slot] = []  # one per sequence
         self._owned: list[native.Owned] = []
         try:
             self._load(options)
+            self.slots = [Slot(seq) for seq in range(self.plan.batch)]
         except BaseException:
             self.close()
             raise
@@ -110,11 +102,8 @@ class Runtime:
             flash_attn=self.plan.flash_attn,
             threads=self.threads,
         )
-        try:
-            self.context = self._own(native.Context(self.model, params))
-        except ModelError as exc:
-            exc.path = str(self.files.text)
-            raise
+        # A context that cannot be made is its size's fault, not the model file's: no path.
+        self.context = self._own(native.Context(self.model, params))
         lap("context")
         # Positions one sequence may use (llama.cpp may round its cells).
         self.n_ctx = min(self.plan.seq_positions, self.context.n_ctx_seq)
@@ -135,7 +124,9 @@ class Runtime:
         bos = self.model.bos
         self.bos_text = self.model.piece(bos, special=True) if bos >= 0 else b""
 
-    def _plan(self, options: EngineOptions) -> Plan:  # GPU: memory free after the text model
+    def _plan(self, options: EngineOptions) -> Plan:
+        """The layout; on a GPU, for the memory its backend says is free now that the text
+        model is in, less the mmproj still to come."""
         auto_gpu = self.on_gpu and not options.batch
         positions = image_positions(self.files.mmproj)
         return plan(
@@ -154,6 +145,8 @@ class Runtime:
 
     def close(self) -> None:
         """Free every C object, the last loaded first. Safe to call twice."""
+        for slot in self.slots:
+            slot.drop()  # a sampler before the model it samples
         while self._owned:
             self._owned.pop().close()
 
@@ -163,7 +156,7 @@ class Runtime:
 
     @property
     def kept_bos(self) -> frozenset[int]:
-        return frozenset(self._bos_seqs)
+        return frozenset(slot.seq for slot in self.slots if slot.has_bos)
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -178,124 +171,142 @@ class Runtime:
     def clear(self) -> None:
         """Empty every sequence."""
         self.context.clear()
-        self._bos_seqs.clear()
+        for slot in self.slots:
+            slot.forget()
 
-    def eval_image(self, pixels: Pixels, seq: int, label: str | None) -> int:
-        """Encode the image and evaluate "BOS, image" into ``seq`` from position 0, in place of
-        what the sequence held; return the positions it takes.
+    def eval_image(self, slot: Slot, pixels: Pixels) -> None:
+        """Encode the image and evaluate "BOS, image" into ``slot`` from position 0, in place of
+        what its sequence held; ``slot.prefix_len`` is then the positions it takes.
 
         The BOS does not depend on the image: a sequence keeps it from its last image, which
         saves a decode step per image (0.1 s on a 2-core CPU) and changes nothing, as the BOS
         was always evaluated on its own.
         """
-        chunks, pos = self._image_prompt(pixels, seq, label)
+        chunks = self._image_prompt(slot, pixels)
         with chunks:
             for chunk in chunks:
-                pos = self._eval_chunk_of(label, chunk, pos, seq)
-        return self._image_in(seq, pos)
+                self._eval_chunk_of(slot, chunk)
+        self._image_in(slot)
 
-    def eval_images(self, images: list[tuple[Pixels, int, str | None]]) -> list[int | InputError]:
-        """:meth:`eval_image` for several (pixels, sequence, label) at once: each one's
-        positions, or the InputError it failed with.
+    def eval_images(self, images: list[tuple[Slot, Pixels]]) -> dict[int, InputError]:
+        """:meth:`eval_image` for several (slot, pixels) at once; the InputError of each slot
+        that failed, by sequence.
 
-        With the plan's batched prefill the images are encoded back to back and their
-        embeddings evaluated together, in consecutive sequences, up to ``n_batch`` tokens per
-        ``llama_decode``. llama.cpp then computes every micro-batch with as many tokens of
-        each sequence, each in its own KV stream: per token, the same arithmetic as alone
-        (``tests/test_engine_batch.py`` holds the answers to it).
+        With the plan's batched prefill the images are encoded back to back, their embeddings
+        staged in their slots and evaluated together, in consecutive sequences, up to
+        ``n_batch`` tokens per ``llama_decode``. llama.cpp then computes every micro-batch
+        with as many tokens of each sequence, each in its own KV stream: per token, the same
+        arithmetic as alone (``tests/test_engine_batch.py`` holds the answers to it).
         """
         if len(images) < 2 or not self.plan.batched_prefill:
-            return [self._attempt(pixels, seq, label) for pixels, seq, label in images]
-        results: list[int | InputError] = [0] * len(images)
-        staged: list[_Staged] = []
-        for index, (pixels, seq, label) in enumerate(images):
+            attempts = [(slot, self._attempt(slot, pixels)) for slot, pixels in images]
+            return {slot.seq: error for slot, error in attempts if error is not None}
+        failed: dict[int, InputError] = {}
+        staged: list[Slot] = []
+        for slot, pixels in images:
             try:
-                chunks, pos = self._image_prompt(pixels, seq, label)
-                with chunks:
-                    *before, last = list(chunks)
-                    alone = not last.is_image or any(c.is_image for c in before)
-                    if alone or not self.projector.batchable(last):
-                        for chunk in [*before, last]:  # not Moondream's layout: as alone
-                            pos = self._eval_chunk_of(label, chunk, pos, seq)
-                        results[index] = self._image_in(seq, pos)
-                        continue
-                    for chunk in before:
-                        pos = self._eval_chunk_of(label, chunk, pos, seq)
-                    with self._timed("encode"):
-                        self.projector.encode(last)
-                    embeddings = self.projector.embeddings(last, self.model.n_embd)
-                staged.append(_Staged(index, seq, pos, embeddings, last.n_tokens))
+                if self._stage_image(slot, pixels):
+                    staged.append(slot)
             except InputError as exc:
-                exc.path = exc.path or label
-                results[index] = exc
+                exc.path = exc.path or slot.label
+                failed[slot.seq] = exc
         for group in self._prefill_groups(staged):
             try:
                 self._prefill(group)
             except InputError as exc:
-                for image in group:
-                    results[image.index] = InputError(exc.message, path=images[image.index][2])
+                for slot in group:
+                    failed[slot.seq] = InputError(exc.message, path=slot.label)
                 continue
-            for image in group:
-                results[image.index] = self._image_in(image.seq, image.pos + image.n_tokens)
-        return results
+            for slot in group:
+                self._image_in(slot)
+        return failed
 
-    def _attempt(self, pixels: Pixels, seq: int, label: str | None) -> int | InputError:
+    def _attempt(self, slot: Slot, pixels: Pixels) -> InputError | None:
         try:
-            return self.eval_image(pixels, seq, label)
+            self.eval_image(slot, pixels)
         except InputError as exc:
             return exc
+        return None
 
-    def _prefill_groups(self, staged: list[_Staged]) -> Iterator[list[_Staged]]:
+    def _stage_image(self, slot: Slot, pixels: Pixels) -> bool:
+        """Evaluate "BOS, image" into ``slot`` but for the image's embeddings, which wait in
+        the slot for a batched prefill (True); not Moondream's layout: all of it, as alone."""
+        chunks = self._image_prompt(slot, pixels)
+        with chunks:
+            *before, last = list(chunks)
+            alone = not last.is_image or any(c.is_image for c in before)
+            if alone or not self.projector.batchable(last):
+                for chunk in [*before, last]:
+                    self._eval_chunk_of(slot, chunk)
+                self._image_in(slot)
+                return False
+            for chunk in before:
+                self._eval_chunk_of(slot, chunk)
+            with self._timed("encode"):
+                self.projector.encode(last)
+            slot.embeddings = self.projector.embeddings(last, self.model.n_embd)
+            slot.embedded = last.n_tokens
+        return True
+
+    def _prefill_groups(self, staged: list[Slot]) -> Iterator[list[Slot]]:
         """Staged images in groups of at most ``n_batch`` tokens, in order of sequence."""
-        group: list[_Staged] = []
+        group: list[Slot] = []
         tokens = 0
-        for image in sorted(staged, key=lambda image: image.seq):
-            if group and tokens + image.n_tokens > self.plan.n_batch:
+        for slot in sorted(staged, key=lambda slot: slot.seq):
+            if group and tokens + slot.embedded > self.plan.n_batch:
                 yield group
                 group, tokens = [], 0
-            group.append(image)
-            tokens += image.n_tokens
+            group.append(slot)
+            tokens += slot.embedded
         if group:
             yield group
 
-    def _prefill(self, group: list[_Staged]) -> None:
-        total = sum(image.n_tokens for image in group)
-        with self._timed("image_prefill"), native.Batch(total, self.model.n_embd) as batch:
-            for image in group:
-                batch.add_embeddings(image.embeddings, image.pos, image.seq)
-            self.context.decode(batch)
+    def _prefill(self, group: list[Slot]) -> None:
+        """Evaluate the staged embeddings of ``group`` in one ``llama_decode``."""
+        total = sum(slot.embedded for slot in group)
+        try:
+            with self._timed("image_prefill"), native.Batch(total, self.model.n_embd) as batch:
+                for slot in group:
+                    batch.add_embeddings(slot.embeddings, slot.pos, slot.seq)
+                self.context.decode(batch)
+        finally:
+            for slot in group:
+                slot.embeddings = None
+        for slot in group:
+            slot.pos += slot.embedded
 
-    def _image_prompt(
-        self, pixels: Pixels, seq: int, label: str | None
-    ) -> tuple[native.Chunks, int]:
-        """The chunks of "BOS, image" for ``seq`` (the BOS only if ``seq`` lost it), and the
-        position they start at; ``seq`` is emptied down to its BOS."""
-        keep_bos = seq in self._bos_seqs
+    def _image_prompt(self, slot: Slot, pixels: Pixels) -> native.Chunks:
+        """The chunks of "BOS, image" for ``slot`` (the BOS only if it lost it); the slot is
+        emptied down to its BOS, and ``slot.pos`` is where the chunks start."""
+        slot.prefix_len = 0  # until the image is in
+        keep_bos = slot.has_bos
         # Only our own fixed text goes through parse_special: the BOS piece and the marker.
         text = (b"" if keep_bos else self.bos_text) + self.projector.marker
         try:
             pixels = fit(pixels, self.image_size, self.fit)  # usually done where decoded
             chunks = self.projector.tokenize(text, pixels.width, pixels.height, pixels.data)
         except InputError as exc:
-            exc.path = label
+            exc.path = slot.label
             raise
-        self._bos_seqs.discard(seq)  # until the image is in: a failure may leave anything
-        self.context.remove(seq, 1 if keep_bos else 0)
-        return chunks, 1 if keep_bos else 0
+        slot.has_bos = False  # until the image is in: a failure may leave anything
+        slot.pos = 1 if keep_bos else 0
+        self.context.remove(slot.seq, slot.pos)
+        return chunks
 
-    def _eval_chunk_of(self, label: str | None, chunk: native.Chunk, pos: int, seq: int) -> int:
+    def _eval_chunk_of(self, slot: Slot, chunk: native.Chunk) -> None:
         try:
-            return self._eval_chunk(chunk, pos, seq)
+            slot.pos = self._eval_chunk(chunk, slot.pos, slot.seq)
         except InputError as exc:
-            exc.path = label
+            exc.path = slot.label
             raise
 
-    def _image_in(self, seq: int, pos: int) -> int:
-        """The image is in ``seq`` up to ``pos``: count it, note the BOS, check its size."""
+    def _image_in(self, slot: Slot) -> None:
+        """The image is in ``slot`` up to ``slot.pos``: count it, note the BOS, check its size."""
+        pos = slot.pos
         self.timings.images += 1
         self.timings.image_positions = pos
         if self.bos_text:
-            self._bos_seqs.add(seq)
+            slot.has_bos = True
         sized_for = self.plan.image_positions
         if sized_for is not None and pos > sized_for:
             # The sequences were sized for the header's count: going on would cut answers short.
@@ -303,7 +314,7 @@ class Runtime:
                 f"an image took {pos} positions, not the {sized_for} the mmproj's header implies",
                 path=str(self.files.mmproj),
             )
-        return pos
+        slot.prefix_len = pos
 
     def _eval_chunk(self, chunk: native.Chunk, pos: int, seq: int) -> int:
         n_batch, projector = self.plan.n_batch, self.projector
@@ -317,17 +328,18 @@ class Runtime:
         with self._timed("image_prefill"):
             return projector.decode_image(self.context, chunk, pos, seq, n_batch)
 
-    def question_tokens(
+    def stage_question(
         self,
-        seq: int,
-        prefix_len: int,
+        slot: Slot,
         question: str,
         sampling: Sampling,
         max_tokens: int | None = None,
-    ) -> tuple[list[int], int]:
-        """Drop what followed the image prefix in ``seq``; return the question prompt's tokens
-        (to evaluate right after the prefix) and how many tokens the answer may have."""
-        self.context.remove(seq, prefix_len)
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
+        """Stage ``question`` in ``slot``: drop what followed its image, and give it the
+        question's prompt and a sampler for the answer (``on_text`` receives its text)."""
+        prefix_len = slot.prefix_len
+        self.context.remove(slot.seq, prefix_len)
         tokens = self.model.tokenize(question_prompt(question))
         room = self.n_ctx - prefix_len - len(tokens)
         if room < 1:
@@ -335,66 +347,51 @@ class Runtime:
                 f"question too long ({len(tokens)} tokens; {self.n_ctx - prefix_len - 1} fit)"
             )
         limit = sampling.max_tokens if max_tokens is None else max_tokens
-        return tokens, min(limit, room)
+        slot.ask(self.model, tokens, min(limit, room), sampling, on_text)
 
-    def decode_prompts(self, prompts: list[tuple[list[int], int, int]]) -> list[int]:
-        """Evaluate (tokens, first position, sequence) prompts, logits for each one's last
-        token, in one ``llama_decode`` (a lone prompt: in ``n_batch`` pieces); return the
-        logits row of each."""
+    def decode_prompts(self, slots: list[Slot]) -> None:
+        """Evaluate the staged prompts of ``slots``, logits for each one's last token, in one
+        ``llama_decode`` (a lone prompt: in ``n_batch`` pieces); their answers then run."""
         with self._timed("prompt"):
-            if len(prompts) == 1:
-                tokens, pos, seq = prompts[0]
+            if len(slots) == 1:
+                (slot,) = slots
+                tokens = slot.prompt
                 for start in range(0, len(tokens), self.plan.n_batch):
                     part = tokens[start : start + self.plan.n_batch]
                     last = start + len(part) == len(tokens)
                     with native.Batch(len(part)) as batch:
-                        batch.add_run(part, pos + start, seq, logits=last)
+                        batch.add_run(part, slot.pos + start, slot.seq, logits=last)
                         self.context.decode(batch)
-                rows = [-1]
+                slot.row = -1
             else:
-                with native.Batch(sum(len(tokens) for tokens, _, _ in prompts)) as batch:
-                    rows = [batch.add_run(tokens, pos, seq) for tokens, pos, seq in prompts]
+                with native.Batch(sum(len(slot.prompt) for slot in slots)) as batch:
+                    for slot in slots:
+                        slot.row = batch.add_run(slot.prompt, slot.pos, slot.seq)
                     self.context.decode(batch)
-        self.timings.prompt_tokens += sum(len(tokens) for tokens, _, _ in prompts)
-        return rows
+        for slot in slots:
+            self.timings.prompt_tokens += len(slot.prompt)
+            slot.pos += len(slot.prompt)
+            slot.prompt = []
 
-    def decode_step(self, replies: list[tuple[Reply, int]]) -> None:
-        """Feed each (reply, sequence) its last sampled token, all in one ``llama_decode``;
-        reply ``i``'s next logits are row ``i``."""
+    def decode_step(self, slots: list[Slot]) -> None:
+        """Feed each running slot its last sampled token, all in one ``llama_decode``."""
         batch = self._step_batch
         batch.clear()
-        for reply, seq in replies:
-            reply.feed(batch, seq)
+        for slot in slots:
+            slot.feed(batch)
         with self._timed("decode"):
             self.context.decode(batch)
         self.timings.decode_steps += 1
 
-    def follow(
-        self, pos: int, seq: int, steps: int, choose: Callable[[memoryview], int]
-    ) -> list[int]:
-        """From the logits of the last decode on, ``steps`` times: feed ``seq`` at ``pos`` the
-        token ``choose(logits)`` returns; return those tokens."""
-        batch, fed, row = self._step_batch, [], -1
+    def follow(self, slot: Slot, steps: int, choose: Callable[[memoryview], int]) -> list[int]:
+        """From the logits of the last decode on, ``steps`` times: feed ``slot`` the token
+        ``choose(logits)`` returns; return those tokens."""
+        batch, fed = self._step_batch, []
         for _ in range(steps):
-            token = choose(self.context.logits(row))
-            fed.append(token)
+            slot.token = choose(self.context.logits(slot.row))
+            fed.append(slot.token)
             batch.clear()
-            batch.add(token, pos, seq, logits=True)
+            slot.feed(batch)
             with self._timed("decode"):
                 self.context.decode(batch)
-            pos, row = pos + 1, 0
         return fed
-
-    def reply(
-        self, pos: int, limit: int, sampling: Sampling, on_text: Callable[[str], None] | None
-    ) -> Reply:
-        """A new answer whose first token goes at ``pos``, at most ``limit`` tokens long."""
-        sampler = native.Sampler(
-            self.model,
-            temperature=sampling.temperature,
-            seed=sampling.seed,
-            grammar=sampling.grammar,
-            ban_eos=sampling.fixed_length,
-        )
-        stream = TextStream(sampling, self.model.piece, self.model.is_eog, on_text)
-        return Reply(self.context, sampler, stream, pos, limit)

@@ -1,6 +1,5 @@
 """Sampled tokens → the answer's text: UTF-8 across token boundaries, the stop rules, and
-streaming that never shows what may turn out to be the start of the stop; and
-:class:`Reply`, one answer being sampled (its sampler, its text, its next position)."""
+streaming that never shows what may turn out to be the start of the stop."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import codecs
 from collections.abc import Callable
 
 from ..prompts import STOP_MARKERS
-from . import native
 from .options import Sampling
 
 
@@ -81,38 +79,3 @@ class TextStream:
             if len(answer) > shown:
                 self._on_text(answer[shown:] if shown else answer)
         return answer
-
-
-class Reply:
-    """One answer being sampled: its sampler, its text, where its next token goes."""
-
-    def __init__(
-        self,
-        context: native.Context,
-        sampler: native.Sampler,
-        stream: TextStream,
-        pos: int,
-        limit: int,
-    ) -> None:
-        self._context, self._sampler, self._stream = context, sampler, stream
-        self.pos = pos
-        self.limit = limit
-        self.tokens = 0  # sampled so far, the one that ended the answer included
-        self.token = 0  # the last one sampled, fed at ``pos`` by the next decode step
-
-    def step(self, row: int) -> str | None:
-        """Sample the next token from logits ``row``; the answer's text once it has ended."""
-        token = self._sampler.sample(self._context, row)
-        self.tokens += 1
-        if self._stream.push(token) or self.tokens >= self.limit:
-            self.close()
-            return self._stream.finish()
-        self.token = token
-        return None
-
-    def feed(self, batch: native.Batch, seq: int) -> None:
-        batch.add(self.token, self.pos, seq, logits=True)
-        self.pos += 1
-
-    def close(self) -> None:
-        self._sampler.close()

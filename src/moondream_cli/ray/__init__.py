@@ -23,6 +23,7 @@ import io
 import os
 import pickle
 import re
+import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ..runner import ImageResult
 
 INSTALL = "pip install 'mdream[ray]'"
+PROBE_SECONDS = 5  # how long the address may take to accept a connection
 # Images per task: a worker's continuous batching drains at the end of each one, so a chunk
 # holds several of its engine's batches (a GPU's may be 32), and never fewer than CHUNK.
 CHUNK = 4
@@ -54,6 +56,23 @@ class RayBackend:
     :class:`ImageResult`, answered on the cluster at ``job.settings.cluster.ray``; the hooks'
     ``started()`` once the workers are ready, ``note`` for what the user should know, and
     with ``notices`` what Ray prints on ``sys.stdout`` meanwhile too (:class:`Notices`)."""
+
+    def preflight(self, job: Job) -> None:
+        """The cluster answers at its address: one TCP connection, nothing sent, before the
+        guard is on. Ray itself would retry for minutes, printing only its own lines."""
+        address = job.settings.cluster.ray or ""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--ray takes HOST:PORT (the head node's GCS port), not {address!r}")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+                pass
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__.replace("Error", "").lower() or str(exc)
+            raise ModelError(
+                f"cannot reach the Ray cluster at {address}: {why} — is `ray start --head "
+                f"--port={port}` running there?"
+            ) from None
 
     def results(
         self, job: Job, sources: Iterable[Source], hooks: Hooks

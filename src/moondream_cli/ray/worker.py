@@ -54,6 +54,7 @@ class Worker:
                 job.settings,
                 max_tokens=job.max_tokens,
                 seq_tokens=job.seq_tokens(sampling.max_tokens),
+                scoring=job.scoring,
             )
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"

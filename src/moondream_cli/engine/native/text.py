@@ -222,7 +222,13 @@ class Context(Owned):
         cparams.no_perf = True
         ptr = ll.llama_init_from_model(model.ptr, cparams)
         if not ptr:
-            raise ModelError("cannot create a llama.cpp context")
+            # The model loaded: what failed is this context's size, most often its memory.
+            raise ModelError(
+                f"llama.cpp could not make a context of {params.n_seq_max} sequence"
+                f"{'s' if params.n_seq_max != 1 else ''} × {params.n_ctx // params.n_seq_max} "
+                "cells (not enough memory for that many KV caches?) — a smaller --batch "
+                "needs less"
+            )
         super().__init__(ptr, ll.llama_free)
         self.n_vocab = model.n_vocab
 
