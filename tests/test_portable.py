@@ -39,7 +39,9 @@ def _take_away(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delattr(os, name)
 
 
-@pytest.fixture(params=[*POSIX_ONLY, "all"])
+# All absent at once in the fast tier; each alone (a fallback that leaned on another call
+# would show there) in the slow one.
+@pytest.fixture(params=["all", *(pytest.param(n, marks=pytest.mark.slow) for n in POSIX_ONLY)])
 def without(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     names = POSIX_ONLY if request.param == "all" else (request.param,)
     for name in names:
