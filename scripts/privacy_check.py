@@ -106,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 *check.args,
                 "--model-dir",
                 model,
-                "-n",
-                str(args.max_tokens),
+                *(["-n", str(args.max_tokens)] if check.answers else []),
             ]
             _say(f"$ mdream {shlex.join(check.args)}   (strace, then unshare -n)")
             start = time.perf_counter()
             allow = [str(traced_dir / p) for p in check.outputs]
-            traced = syscall_audit.traced(command, env=env, cwd=traced_dir, allow=allow)
-            offline = syscall_audit.offline(command, env=env, cwd=offline_dir)
+            traced = syscall_audit.traced(
+                command, env=env, cwd=traced_dir, allow=allow, stdin=check.stdin
+            )
+            offline = syscall_audit.offline(command, env=env, cwd=offline_dir, stdin=check.stdin)
             seconds = time.perf_counter() - start
             notes = []
             if traced.returncode != 0 or offline.returncode != 0:

@@ -69,8 +69,8 @@ def _inputs(where: Path) -> Path:
     return syscall_audit.write_inputs(where, pictures)
 
 
-def _mdream(*args: str) -> list[str]:
-    return [sys.executable, "-m", "moondream_cli", *args, "-n", "6"]
+def _mdream(*args: str, answers: bool = True) -> list[str]:
+    return [sys.executable, "-m", "moondream_cli", *args, *(["-n", "6"] if answers else [])]
 
 
 @pytest.mark.usefixtures("syscall_tools")
@@ -82,7 +82,13 @@ def test_no_socket_no_write_and_same_output_without_network(
     before = syscall_audit.tree(traced_dir)
     allow = [str(traced_dir / pattern) for pattern in check.outputs]
 
-    run = syscall_audit.traced(_mdream(*check.args), env=child_env, cwd=traced_dir, allow=allow)
+    run = syscall_audit.traced(
+        _mdream(*check.args, answers=check.answers),
+        env=child_env,
+        cwd=traced_dir,
+        allow=allow,
+        stdin=check.stdin,
+    )
     assert run.returncode == 0, run.stderr.decode()
     assert not run.findings, summary(run.findings)
     if check.outputs:  # the answers went to the sidecars the user asked for, and only there
@@ -96,7 +102,12 @@ def test_no_socket_no_write_and_same_output_without_network(
         assert run.stdout.strip(), "the traced run printed no answer"
         assert syscall_audit.tree(traced_dir) == before  # nothing created, changed or removed
 
-    cut_off = syscall_audit.offline(_mdream(*check.args), env=child_env, cwd=offline_dir)
+    cut_off = syscall_audit.offline(
+        _mdream(*check.args, answers=check.answers),
+        env=child_env,
+        cwd=offline_dir,
+        stdin=check.stdin,
+    )
     assert cut_off.returncode == 0, cut_off.stderr.decode()
     assert syscall_audit.stable_output(cut_off.stdout) == syscall_audit.stable_output(run.stdout)
     assert syscall_audit.tree(offline_dir) == syscall_audit.tree(traced_dir)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -28,6 +29,9 @@ from .loader import open_model
 from .prompts import ASK_MAX_TOKENS, Length, Style, describe_task
 from .records import Record
 from .settings import SamplingOptions, Settings
+
+if TYPE_CHECKING:
+    from .chat import Conversation
 
 
 class Moondream:
@@ -114,6 +118,15 @@ class Moondream:
         asked = query if question else grep_question(query)
         return float(self.ask(image, asked, sampling=Sampling(max_tokens=1, yes_no=self._yes_no)))
 
+    def chat(self, image: ImageSource | Pixels) -> Chat:
+        """A conversation about ``image``: ``with md.chat("photo.jpg") as c: c.ask("…")``.
+        Each question is asked with the earlier turns as its history, as the reference's
+        ``chat_history`` did; the image is encoded once (:mod:`moondream_cli.chat`)."""
+        from .chat import Conversation
+
+        pixels = image if isinstance(image, Pixels) else self.load(image)
+        return Chat(self, Conversation(self.engine, pixels, self.settings.sampler(ASK_MAX_TOKENS)))
+
     def load(self, image: ImageSource) -> Pixels:
         """``image`` decoded, stripped and fitted to the projector as the engine will use it."""
         if not isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
@@ -131,6 +144,40 @@ class Moondream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Chat:
+    """A conversation with a shared :class:`Moondream`: its turns one at a time."""
+
+    def __init__(self, model: Moondream, conversation: Conversation) -> None:
+        self._model, self.conversation = model, conversation
+
+    @property
+    def turns(self) -> list[tuple[str, str]]:
+        """(question, answer), oldest first; the oldest drop out when the context is full."""
+        return list(self.conversation.turns)
+
+    def ask(
+        self,
+        question: str,
+        *,
+        sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> str:
+        if not isinstance(question, str):
+            raise UsageError(f"the question is text, not {type(question).__name__}")
+        sampling = _checked(sampling)
+        with self._model._lock:
+            return self.conversation.ask(question, sampling, on_text)
+
+    def clear(self) -> None:
+        self.conversation.clear()
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clear()
 
 
 def _checked(sampling: Sampling | None) -> Sampling | None:
@@ -158,7 +205,6 @@ def answer_paths(
     ...     print(record.path, record.answer or record.error)
     """
     from .backends import Hooks, backend_for
-    from .inputs import expand
     from .job import Job
 
     settings = settings or Settings()
@@ -170,25 +216,15 @@ def answer_paths(
         job = Job(tuple(inputs), (task.question,), settings, task.max_tokens)
     backend = backend_for(settings)
     backend.preflight(job)
-    listing = job.open_list()
-    try:
-        sources = expand(
-            job.inputs,
-            recursive=settings.inputs.recursive,
-            files_from=listing,
-            null=settings.inputs.null,
-        )
-        # The caller's own prints on stdout must not be taken for a backend's notices.
-        hooks = Hooks(note=note or _to_stderr, warn=note or _to_stderr, notices=False)
+    # The caller's own prints on stdout must not be taken for a backend's notices.
+    hooks = Hooks(note=note or _to_stderr, warn=note or _to_stderr, notices=False)
+    with job.sources() as sources:
         results = backend.results(job, sources, hooks)
         try:
             for result in results:
                 yield from result.records
         finally:
             results.close()
-    finally:
-        if listing is not None and listing is not sys.stdin.buffer:
-            listing.close()
 
 
 def _to_stderr(text: str) -> None:

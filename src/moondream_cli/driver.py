@@ -11,7 +11,6 @@ reported through ``progress.error`` one line each, and the run goes on.
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING, TextIO
 
 from .job import Job
@@ -31,23 +30,14 @@ def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
     wherever they are answered."""
     # Heavy imports only now: `mdream --help` must not load llama_cpp.
     from .backends import Hooks, backend_for
-    from .inputs import expand
 
     s = job.settings
     fmt = job.fmt
     render = renderer(fmt, single=job.single, with_question=len(job.questions) > 1) if fmt else None
     stream = job.single and fmt is Format.TEXT and out.isatty() and s.cluster.ray is None
     resumed = _resumed(job, out)
-    listing = job.open_list()
-    try:
-        sink = Sink(s.outputs, out, render, stream, progress, resumed)
-        sources = expand(
-            job.inputs,
-            recursive=s.inputs.recursive,
-            files_from=listing,
-            null=s.inputs.null,
-            tally=sink.tally,
-        )
+    sink = Sink(s.outputs, out, render, stream, progress, resumed)
+    with job.sources(tally=sink.tally) as sources:
         if not job.one_image:  # one image: its answer is its progress
             progress.start("images", None, unit="images")
         hooks = Hooks(
@@ -68,9 +58,6 @@ def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
                 results.close()
         finally:
             progress.finish()
-    finally:
-        if listing is not None and listing is not sys.stdin.buffer:
-            listing.close()
     sink.notes()
     out.flush()
     return sink.outcome

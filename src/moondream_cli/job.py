@@ -10,9 +10,10 @@ holds one case per row. :mod:`.driver` runs a job; a backend (:mod:`.backends`) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -23,6 +24,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .grammars import Constraint
+    from .inputs import Source, Tally
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,23 @@ class Job:
         """One image and one question: the text format prints the answer alone."""
         return self.one_image and len(self.questions) == 1
 
-    def open_list(self) -> BinaryIO | None:
+    @contextlib.contextmanager
+    def sources(self, tally: Tally | None = None) -> Iterator[Iterator[Source]]:
+        """Every input, as the command line means it (folders walked, the --files-from list
+        read as it is needed); the list is closed when the block ends."""
+        from .inputs import expand
+
+        s = self.settings.inputs
+        listing = self._open_list()
+        try:
+            yield expand(
+                self.inputs, recursive=s.recursive, files_from=listing, null=s.null, tally=tally
+            )
+        finally:
+            if listing is not None and listing is not sys.stdin.buffer:
+                listing.close()
+
+    def _open_list(self) -> BinaryIO | None:
         files_from = self.settings.inputs.files_from
         if files_from is None:
             return None

@@ -90,6 +90,15 @@ def question_prompt(question: str) -> str:
     return f"\n\nQuestion: {question.strip()}\n\nAnswer:"
 
 
+def chat_prompt(turns: list[tuple[str, str]], question: str) -> str:
+    """The text after the image for a conversation's next question, as the reference's
+    ``answer_question(..., chat_history=...)`` builds it, with ``sample.py``'s history:
+    ``\n\n`` + ``Question: {q}\n\nAnswer: {a}\n\n`` per earlier turn + the question's
+    own ``Question: {q}\n\nAnswer:``. With no earlier turn it is :func:`question_prompt`."""
+    history = "".join(f"Question: {q.strip()}\n\nAnswer: {a.strip()}\n\n" for q, a in turns)
+    return f"\n\n{history}Question: {question.strip()}\n\nAnswer:"
+
+
 def describe_question(length: Length | str) -> str:
     return describe_task(Style.CAPTION, length).question
 

@@ -17,17 +17,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import interrupt
 from .errors import OutputError
-from .job import Job
 from .progress import Progress
 from .records import escape, escape_line
+
+if TYPE_CHECKING:  # the job's module loads Pillow: not for `mdream --help`
+    from .job import Job
+    from .runner import ImageResult
 
 
 class GrepFormat(str, Enum):
@@ -84,19 +86,13 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
     """Score every input of ``job`` (its questions are the queries' questions, its
     ``scoring`` on) and print what ``policy`` asks for; errors go to ``progress``."""
     from .backends import Hooks, backend_for
-    from .inputs import expand
 
-    s = job.settings
     outcome = GrepOutcome()
-    listing = job.open_list()
-    try:
-        sources = expand(
-            job.inputs, recursive=s.inputs.recursive, files_from=listing, null=s.inputs.null
-        )
+    with job.sources() as sources:
         progress.start("images", None, unit="images")
         try:
             hooks = Hooks(note=progress.info, warn=progress.warn)
-            results = backend_for(s).results(job, sources, hooks)
+            results = backend_for(job.settings).results(job, sources, hooks)
             try:
                 hits = _hits(results, outcome, progress)
                 _print(hits if not policy.ranked else _ranked(hits, policy), policy, out, outcome)
@@ -104,15 +100,14 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
                 results.close()
         finally:
             progress.finish()
-    finally:
-        if listing is not None and listing is not sys.stdin.buffer:
-            listing.close()
     return outcome
 
 
-def _hits(results: Iterable[object], outcome: GrepOutcome, progress: Progress) -> Iterator[Hit]:
+def _hits(
+    results: Iterable[ImageResult], outcome: GrepOutcome, progress: Progress
+) -> Iterator[Hit]:
     for result in results:
-        records = getattr(result, "records", [])
+        records = result.records
         outcome.seen += 1
         bad = [r for r in records if not r.ok]
         if bad:

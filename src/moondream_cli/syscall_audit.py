@@ -36,6 +36,8 @@ class Check:
     name: str
     args: tuple[str, ...]
     outputs: tuple[str, ...] = ()  # globs, relative to the folder: files the user asked for
+    stdin: bytes = b""  # what the command reads on stdin (chat's questions)
+    answers: bool = True  # it writes answers (takes --max-tokens); grep only scores
 
 
 # Relative paths, so stdout can be compared between two copies of the inputs.
@@ -49,6 +51,12 @@ CHECKS = (
         ("describe", "pics", "-r", "--sidecar"),
         outputs=("pics/*.txt", "pics/*.txt.*", "pics/.*.txt*"),
     ),
+    Check(
+        "grep",
+        ("grep", "-e", "a red circle", "-e", "a dog", "pics", "-r", "--min-p", "0"),
+        answers=False,
+    ),
+    Check("chat", ("chat", "a.jpg"), stdin=b"What is it?\nWhat colour is it?\n"),
 )
 
 
@@ -104,11 +112,15 @@ def precompile(package_dir: Path) -> bool:
 
 
 def _run(
-    argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None, timeout: float
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    timeout: float,
+    stdin: bytes = b"",
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         list(argv),
-        input=b"",
+        input=stdin,
         capture_output=True,
         env=dict(env) if env is not None else None,
         cwd=cwd,
@@ -124,12 +136,13 @@ def traced(
     cwd: Path | None = None,
     allow: Iterable[str] = (),
     timeout: float = 300,
+    stdin: bytes = b"",
 ) -> Run:
     """Run ``command`` under strace; ``findings`` lists every network use and write."""
     with tempfile.TemporaryDirectory(prefix="mdream-strace-") as tmp:
         log = os.path.join(tmp, "strace.log")
         argv = syscheck.strace_command(log, command)
-        done = _run(argv, env, cwd, timeout)
+        done = _run(argv, env, cwd, timeout, stdin)
         try:
             text = Path(log).read_text(encoding="utf-8", errors="surrogateescape")
         except FileNotFoundError:
@@ -147,10 +160,11 @@ def offline(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 300,
+    stdin: bytes = b"",
 ) -> Run:
     """Run ``command`` with no network at all (a new, empty network namespace)."""
     argv = syscheck.unshare_command(command, user_namespace=_needs_user_namespace())
-    done = _run(argv, env, cwd, timeout)
+    done = _run(argv, env, cwd, timeout, stdin)
     return Run(tuple(argv), done.returncode, done.stdout, done.stderr)
 
 

@@ -21,7 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__, interrupt
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, MdreamError, OutputClosed, OutputError
-from . import bundles, doctor, grep, infer
+from . import bundles, chat, doctor, grep, infer
 from .help import Command, Group
 from .output import ClosedStdout, Output, results, silence_stdout
 
@@ -91,6 +91,7 @@ def _map_every_command(group: typer.Typer) -> None:
 
 infer.register_inference_commands(app)
 grep.register_grep_command(app)
+chat.register_chat_command(app)
 bundles.register_bundle_commands(app)
 doctor.register_doctor_command(app)
 _map_every_command(app)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..images import Pixels
 from ..locate import ModelFiles
 from ..reference import Fit
@@ -128,6 +128,16 @@ class Engine:
             raise UsageError("no image has been set")
         return slot
 
+    @property
+    def image_key(self) -> object:
+        """The key of the image :meth:`set_image` holds (None: none, or none given)."""
+        return self._rt.slots[0].key
+
+    @property
+    def image_positions(self) -> int:
+        """Positions "BOS, image" of the current image take (0: no image)."""
+        return self._rt.slots[0].prefix_len
+
     def set_image(self, pixels: Pixels, *, key: object = None, label: str | None = None) -> None:
         """Evaluate "BOS, image" as the cache prefix. ``key`` identifies the image for reuse."""
         rt = self._rt
@@ -147,6 +157,34 @@ class Engine:
         """Answer ``question`` about the current image; ``on_text`` receives streamed text."""
         rt, slot = self._rt, self._image_slot()
         rt.stage_question(slot, question, sampling or Sampling(), on_text=on_text)
+        return self._answer(slot)
+
+    def continue_image(
+        self,
+        kept: int,
+        tokens: list[int],
+        sampling: Sampling,
+        on_text: Callable[[str], None] | None = None,
+    ) -> tuple[str, list[int]]:
+        """A conversation's next turn: keep the first ``kept`` tokens that follow the current
+        image in the KV cache (earlier turns, not evaluated again), evaluate ``tokens`` after
+        them, and answer. Returns the answer and every token now after the kept ones (the
+        prompt's, then the answer's as fed back), for the next turn to match against."""
+        rt, slot = self._rt, self._image_slot()
+        start = slot.prefix_len + kept
+        room = self.n_ctx - start - len(tokens)
+        if room < 1:
+            raise InputError(
+                f"the conversation needs {start + len(tokens)} positions; {self.n_ctx} fit"
+            )
+        rt.context.remove(slot.seq, start)
+        slot.ask(rt.model, tokens, min(sampling.max_tokens, room), sampling, on_text)
+        slot.pos = start
+        return self._answer(slot), [*tokens, *slot.fed]
+
+    def _answer(self, slot: Slot) -> str:
+        """Evaluate the question staged in ``slot`` and sample its answer to the end."""
+        rt = self._rt
         try:
             rt.decode_prompts([slot])
             while not slot.sample(rt.context):

@@ -78,6 +78,7 @@ class Slot:
         self.row = -1  # the row of its logits in the last llama_decode
         self.token = 0  # the last token sampled, to feed at ``pos``
         self.tokens = 0  # tokens sampled for the answer, the one that ended it included
+        self.fed: list[int] = []  # the answer's tokens fed back into the KV cache, in order
         self.text: str | None = None  # the answer, once it has ended
         self.yes_no: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # scoring
 
@@ -117,11 +118,13 @@ class Slot:
         self.yes_no = sampling.yes_no
         self.prompt, self.limit = prompt, limit
         self.pos, self.tokens, self.text = self.prefix_len, 0, None
+        self.fed = []
 
     def feed(self, batch: native.Batch) -> None:
         """Add the last sampled token to ``batch`` for the next decode step."""
         self.row = batch.add(self.token, self.pos, self.seq, logits=True)
         self.pos += 1
+        self.fed.append(self.token)
 
     def sample(self, context: native.Context) -> bool:
         """Sample the next token from row ``row`` of the last decode; True once the answer
