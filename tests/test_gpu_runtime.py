@@ -140,13 +140,13 @@ _PLANT = textwrap.dedent(
 )
 
 
-def _run(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+def _run(*args: str | Path, questions: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     return subprocess.run(
         [sys.executable, "-c", _PLANT.format(why=CUDA_TOO_NEW), *map(str, args)],
         capture_output=True,
         env=env,
-        input=b"",
+        input=questions,
         timeout=120,
         check=False,
     )
@@ -164,6 +164,14 @@ def test_describe_warns_once_on_stderr_and_cpu_silences_it(tiny_model: Path, pho
     quiet = _run("describe", photo, "-n", "4", "-m", tiny_model, "--threads", "2", "--cpu")
     assert quiet.returncode == 0 and quiet.stderr == b"", quiet.stderr.decode()
     assert quiet.stdout == run.stdout
+
+
+@pytest.mark.slow
+def test_chat_warns_too(tiny_model: Path, photo: Path) -> None:
+    run = _run("chat", photo, "-m", tiny_model, "-n", "4", questions=b"What is it?\n")
+    assert run.returncode == 0, run.stderr.decode()
+    warnings = [line for line in run.stderr.decode().splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "has CUDA but found no GPU" in warnings[0]
 
 
 @pytest.mark.slow

@@ -93,8 +93,8 @@ class LocalBackend:
             seq_tokens=job.seq_tokens(sampling.max_tokens),
             scoring=job.scoring,
         ) as model:
-            if model.engine.gpu_missing:
-                hooks.warn(f"{model.engine.gpu_missing}; --cpu runs there without this warning")
+            if model.gpu_warning:
+                hooks.warn(model.gpu_warning)
             hooks.started()
             results = answer_inputs(
                 sources,
