@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 INSTALL = "pip install 'mdream[ray]'"
 PROBE_SECONDS = 5  # how long the address may take to accept a connection
 # Images per task: a worker's continuous batching drains at the end of each one, so a chunk
-# holds several of its engine's batches (a GPU's may be 32), and never fewer than CHUNK.
+# holds two of its engine's batches (a GPU's may be 32; the CPU's up to 7), never fewer than
+# CHUNK. More would fill the batch longer but hold the first records back as long.
 CHUNK = 4
-BATCHES_PER_CHUNK = 4
+BATCHES_PER_CHUNK = 2
 AHEAD = 3  # chunks in flight per worker: bounds the driver's reorder buffer
 Item = tuple[int, Source]
 Skip = Callable[[Source], bool]
@@ -61,6 +62,7 @@ class RayBackend:
         """The cluster answers at its address: one TCP connection, nothing sent, before the
         guard is on. Ray itself would retry for minutes, printing only its own lines."""
         address = job.settings.cluster.ray or ""
+        _import_ray(address)  # without the extra, that is what to say, not the address
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--ray takes HOST:PORT (the head node's GCS port), not {address!r}")
