@@ -1,16 +1,34 @@
 # mdream — `make run` sets up and describes the sample image; `make test` sets up and tests.
-# CUDA=1 builds llama-cpp-python with CUDA (e.g. `make install CUDA=1`).
+# GPU=cuda|vulkan|hip|metal builds llama-cpp-python for that GPU backend (CUDA=1 is GPU=cuda),
+# e.g. `make install GPU=vulkan`, and GPU=cpu goes back; docs/gpu.md says what each needs.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)
-# CUDA 13 dropped GPUs older than Turing (sm_75), and ggml's default, "native", needs a GPU in
-# the build machine: build for Turing to Blackwell instead; CUDA_ARCHS=90 builds for an H100 or
-# H200 only (docs/gpu.md).
-CUDA_ARCHS ?= 75;80;86;89;90;100;120
-CMAKE_ARGS_CUDA := -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)
+# Unless asked, the backend installed already (`make test` after a GPU build keeps it).
+INSTALLED_GPU := $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*)))
+GPU ?= $(if $(CUDA),cuda,$(or $(INSTALLED_GPU),cpu))
+ifeq ($(filter $(GPU),cpu cuda vulkan hip metal),)
+$(error GPU=$(GPU): pick one of cpu, cuda, vulkan, hip, metal)
+endif
+# The stamp names the backend: asking for another one rebuilds llama-cpp-python.
+STAMP := $(VENV)/.installed-$(GPU)
+# The CUDA architectures: the GPU this machine has, else ggml's default list cut to what this
+# toolkit's nvcc can build (scripts/cuda_archs.py); CUDA_ARCHS=90 builds for an H100/H200 only.
+# Worked out only when a CUDA build asks for it.
+CUDA_ARCHS ?= $(shell $(PYTHON) scripts/cuda_archs.py)
+# AMD GPU targets (e.g. gfx1100): HIP_ARCHS=..., else ggml's default list.
+HIP_ARCHS ?=
+GPU_CMAKE_cpu :=
+GPU_CMAKE_cuda = -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCHS),$(error no CUDA \
+  architecture to build for (the line above says why); CUDA_ARCHS=... picks them))
+GPU_CMAKE_vulkan := -DGGML_VULKAN=on
+GPU_CMAKE_hip = -DGGML_HIP=on $(if $(HIP_ARCHS),-DGPU_TARGETS=$(HIP_ARCHS))
+GPU_CMAKE_metal := -DGGML_METAL=on
 LLAMA_SPEC := >=0.3.36,<0.4
+# The extras `make install` adds: [dev] (the tests, Ray where it has a wheel), or on musl
+# (Alpine), where Ray has none and no marker tells musl from glibc, [test] alone.
+EXTRAS ?= $(if $(filter musl,$(shell ldd --version 2>&1 | grep -io musl | head -n 1)),test,dev)
 
 .PHONY: install system-deps run demo test test-fast lint fix bench bench-cluster bench-ref device-kit \
   privacy-check clean
@@ -20,11 +38,19 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-ifdef CUDA
-	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" FORCE_CMAKE=1 $(PY) -m pip install --quiet \
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
+ifneq ($(GPU),cpu)
+	@# Built here, never taken from pip's cache (which holds the CPU wheel) nor put in it.
+	CMAKE_ARGS="$(GPU_CMAKE_$(GPU)) $(CMAKE_ARGS)" FORCE_CMAKE=1 $(PY) -m pip install --quiet \
 	  --no-cache-dir --force-reinstall --no-deps "llama-cpp-python$(LLAMA_SPEC)"
+else
+	@# A GPU build installed before: the CPU wheel again (pip's cache holds only CPU builds).
+	if ls $(VENV)/lib/python*/site-packages/llama_cpp/lib/*ggml-cuda* \
+	  $(VENV)/lib/python*/site-packages/llama_cpp/lib/*ggml-vulkan* \
+	  $(VENV)/lib/python*/site-packages/llama_cpp/lib/*ggml-hip* 2>/dev/null | grep -q .; then \
+	  $(PY) -m pip install --quiet --force-reinstall --no-deps "llama-cpp-python$(LLAMA_SPEC)"; fi
 endif
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 run demo: install
@@ -35,14 +61,20 @@ test: install system-deps
 
 # The privacy tests trace real runs with strace and cut the network with unshare -n; the XMP
 # tests read the sidecars back with ExifTool (what Immich and PhotoPrism run) and the exiv2
-# tool (the library digiKam and darktable use). They fail (not skip) without them, so
-# install them from Debian when missing.
+# tool (the library digiKam and darktable use). They fail (not skip) without them, so install
+# them from Debian when missing. strace and unshare are Linux-only: elsewhere (macOS) those
+# tests and the Ray cluster's skip, and this says so.
 system-deps:
+ifeq ($(shell uname -s),Linux)
 	@command -v strace >/dev/null && command -v unshare >/dev/null && \
 	  command -v exiftool >/dev/null && command -v exiv2 >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && \
 	  $$sudo apt-get install -y -qq strace util-linux libimage-exiftool-perl exiv2; }
+else
+	@echo "mdream: strace and unshare -n are Linux-only: on $$(uname -s) the syscall-trace" \
+	  "tests (make privacy-check) and the Ray cluster tests are skipped; the rest runs"
+endif
 
 # Everything but the tests marked slow (child processes, strace, signals, a cluster, seconds of
 # model work): under 30 s on 2 cores, not minutes.
@@ -97,7 +129,7 @@ bench-ref: install
 	  --strip-components=1
 	cmake -S $(BENCH_REF)/src/vendor/llama.cpp -B $(BENCH_REF)/build -DCMAKE_BUILD_TYPE=Release \
 	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(if $(CUDA),$(CMAKE_ARGS_CUDA))
+	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(GPU_CMAKE_$(GPU))
 	cmake --build $(BENCH_REF)/build --target llama-mtmd-cli -j $$(nproc)
 	mkdir -p $(BENCH_REF)/bin && cp $(BENCH_REF)/build/bin/llama-mtmd-cli $(BENCH_REF)/bin/
 

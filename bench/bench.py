@@ -74,11 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Path]]:
     """The run's configuration (what every side is given) and the model files."""
-    from moondream_cli.engine import gpu_available, physical_cores
+    from moondream_cli.engine import default_threads, gpu_available
 
     CACHE.mkdir(parents=True, exist_ok=True)
     gpu = gpu_available() and not args.cpu
-    threads = args.threads or physical_cores()
+    threads = args.threads or default_threads()
     n_photo = args.images or (2 if args.quick else (64 if gpu else 6))
     n_noise = args.noise_images
     if n_noise is None:

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from moondream_cli import Moondream
 
 ROOT = Path(__file__).resolve().parent.parent
+# strace and network namespaces (unshare -n) exist on Linux only: the syscall traces and the
+# Ray cluster tests (a loopback cluster with no network) skip elsewhere, saying so.
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason=f"strace and unshare -n are Linux-only; this is {sys.platform}",
+)
 Arg = str | os.PathLike[str]  # one command-line argument, as run_mdream takes them
 
 # llama.cpp's OpenMP threads spin while waiting; with many test processes on a small machine

@@ -38,6 +38,7 @@ def _shell(redirect: str, *args: object) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here (Linux has one)")
 def test_a_full_stdout_is_exit_5_with_one_line(tiny_model: Path, photo: Path) -> None:
     done = _shell("> /dev/full", "describe", photo, "-m", tiny_model, "-n", "2")
     assert done.returncode == 5, _err(done)

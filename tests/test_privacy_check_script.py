@@ -30,6 +30,8 @@ def _check(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 @pytest.fixture
 def tools() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip(f"strace and unshare -n are Linux-only; this is {sys.platform}")
     if os.environ.get("MDREAM_SKIP_SYSCALL_TESTS") == "1":
         pytest.skip("MDREAM_SKIP_SYSCALL_TESTS=1: syscall traces skipped on purpose")
 

@@ -49,6 +49,7 @@ def _run_planted(
 
         def planted(*args, **kwargs):
             seen["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE")
+            seen["CUDA_CACHE_DISABLE"] = os.environ.get("CUDA_CACHE_DISABLE")
         {code}
             return real(*args, **kwargs)
 
@@ -139,8 +140,65 @@ def test_inference_runs_offline_without_download_code(
     )
     assert code == 0, err.decode()
     assert seen["HF_HUB_OFFLINE"] == "1"
+    assert seen["CUDA_CACHE_DISABLE"] == "1"  # the GPU caches are off (the test below: all)
     modules = seen["modules"]
     assert isinstance(modules, list)
     assert "moondream_cli.engine" in modules  # the report covers a real inference
     loaded = [m for m in modules for p in FORBIDDEN if m == p or m.startswith(p + ".")]
     assert loaded == []
+
+
+# What each GPU backend's driver would otherwise write to disk: compiled kernels and shaders.
+GPU_CACHES = {
+    "CUDA_CACHE_DISABLE": "1",  # the CUDA driver's PTX JIT cache, ~/.nv/ComputeCache
+    "MESA_SHADER_CACHE_DISABLE": "true",  # Mesa's Vulkan drivers (AMD, Intel): ~/.cache/mesa*
+    "MESA_GLSL_CACHE_DISABLE": "true",  # the same, before Mesa 22
+    "__GL_SHADER_DISK_CACHE": "0",  # NVIDIA's Vulkan driver: ~/.nv/GLCache
+    "AMD_COMGR_CACHE": "0",  # ROCm's code object manager: ~/.cache/comgr
+}
+
+
+def test_the_gpu_caches_are_off_before_llama_cpp_loads(
+    tmp_path: Path, tiny_model: Path, photo: Path
+) -> None:
+    # The child notes the C environment (what a driver reads) at the moment Python first
+    # imports llama_cpp, which loads every ggml backend; a user's own setting is overridden.
+    report = tmp_path / "seen.json"
+    script = textwrap.dedent(
+        f"""
+        import ctypes, json, sys
+        from moondream_cli.cli.app import main
+
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_char_p
+        seen = {{}}
+
+        def hook(event, args):
+            if event == "import" and args[0] == "llama_cpp" and "env" not in seen:
+                names = {sorted(GPU_CACHES)!r}
+                seen["env"] = {{n: (libc.getenv(n.encode()) or b"").decode() for n in names}}
+
+        sys.addaudithook(hook)
+        try:
+            main(sys.argv[1:])
+        finally:
+            with open({str(report)!r}, "w") as f:
+                json.dump(seen, f)
+        """
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT / "src"),
+        MDREAM_MODEL=str(tiny_model),
+        CUDA_CACHE_DISABLE="0",
+        MESA_SHADER_CACHE_DISABLE="false",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "describe", str(photo), "-n", "4"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(report.read_text())["env"] == GPU_CACHES

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, draw_photo
+from conftest import LINUX_ONLY, ROOT, draw_photo
 from moondream_cli import syscall_audit
 from moondream_cli.syscheck import summary
 
-pytestmark = pytest.mark.slow  # real runs under strace and unshare
+pytestmark = [pytest.mark.slow, LINUX_ONLY]  # real runs under strace and unshare
 
 # The same command lines `make privacy-check` runs (syscall_audit.CHECKS).
 COMMANDS = [pytest.param(check, id=check.name) for check in syscall_audit.CHECKS]

@@ -88,6 +88,11 @@ def test_without_the_extra_the_error_names_the_install_command(
 @pytest.fixture(scope="module")
 def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Every scenario run once on one cluster: their stdout, stderr and exit codes."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip(
+            f"the loopback cluster runs without a network (unshare -n): not on {sys.platform}"
+        )
+    pytest.importorskip("ray", reason="Ray has no wheel for this machine ([dev] leaves it out)")
     if shutil.which("unshare") is None:
         pytest.fail("the Ray tests need unshare (util-linux): make test installs it")
     work = tmp_path_factory.mktemp("ray")
@@ -390,3 +395,31 @@ def test_a_head_started_without_authentication_is_refused_before_anything_is_sen
     assert rc == 2, err
     assert err.count("\n") == 1 and "answers without a token: it does not check them" in err
     assert "worker" not in err  # no actor was made, no path or question was sent
+
+
+# -- GPUs: one worker per GPU, chunks sized to the workers' batches -----------------------------
+def test_a_gpu_cluster_gets_one_worker_per_gpu_each_holding_one() -> None:
+    from moondream_cli.ray.sizing import workers_for
+
+    assert workers_for(None, nodes=2, cpus=32, gpus=3) == (3, {"num_cpus": 1, "num_gpus": 1})
+    assert workers_for(2, nodes=2, cpus=32, gpus=3) == (2, {"num_cpus": 1, "num_gpus": 1})
+    # No GPU, or --cpu (the driver passes gpus=0): one per node, on CPUs.
+    assert workers_for(None, nodes=2, cpus=32, gpus=0) == (2, {"num_cpus": 1})
+
+
+def test_more_workers_than_gpus_is_refused_saying_why() -> None:
+    from moondream_cli.errors import UsageError
+    from moondream_cli.ray.sizing import workers_for
+
+    with pytest.raises(UsageError, match=r"4 workers need 4 GPUs .* has 2: pass --workers 2"):
+        workers_for(4, nodes=1, cpus=64, gpus=2)
+    with pytest.raises(UsageError, match="3 workers need 3 CPUs"):
+        workers_for(3, nodes=1, cpus=2, gpus=0)
+
+
+def test_a_chunk_holds_several_batches_of_the_largest_worker() -> None:
+    from moondream_cli.ray.sizing import BATCHES_PER_CHUNK, CHUNK, chunk_size
+
+    assert chunk_size([32, 8]) == BATCHES_PER_CHUNK * 32  # a GPU worker's batch stays full
+    assert chunk_size([1, 1]) == CHUNK  # CPU workers: as before
+    assert chunk_size([]) == CHUNK

@@ -217,7 +217,7 @@ def answer_paths(
     backend = backend_for(settings)
     backend.preflight(job)
     # The caller's own prints on stdout must not be taken for a backend's notices.
-    hooks = Hooks(note=note or _to_stderr, notices=False)
+    hooks = Hooks(note=note or _to_stderr, warn=note or _to_stderr, notices=False)
     with job.sources() as sources:
         results = backend.results(job, sources, hooks)
         try:

@@ -29,12 +29,13 @@ Results = Generator["ImageResult", None, None]
 @dataclass(frozen=True)
 class Hooks:
     """What the front-end gives a backend besides the job: when to skip an input (before it
-    is read), where to say the model is ready (and its name), where notes for the user go,
-    and, for one image and one question, where its answer streams."""
+    is read), where to say the model is ready (and its name), where notes and warnings for
+    the user go, and, for one image and one question, where its answer streams."""
 
     skip: Callable[[Source], bool] = lambda _: False
     started: Callable[[str], None] = lambda _: None
     note: Callable[[str], None] = lambda _: None
+    warn: Callable[[str], None] = lambda _: None
     on_text: Callable[[str], None] | None = None
     notices: bool = True  # catch what the backend's libraries print on stdout (Ray does)
 
@@ -92,6 +93,8 @@ class LocalBackend:
             seq_tokens=job.seq_tokens(sampling.max_tokens),
             scoring=job.scoring,
         ) as model:
+            if model.gpu_warning:
+                hooks.warn(model.gpu_warning)
             hooks.started(model.files.name)
             results = answer_inputs(
                 sources,

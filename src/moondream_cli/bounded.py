@@ -21,9 +21,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import BundleError, InputError, MdreamError, ModelError, UsageError
+from .portable import read_flags
 
-_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_FLAGS |= getattr(os, "O_NOCTTY", 0)
+
+def _flags() -> int:
+    """Read as :mod:`.portable` says (non-blocking where FIFOs exist, binary on Windows),
+    and never take a terminal as this process's own."""
+    return read_flags() | getattr(os, "O_NOCTTY", 0)
+
 
 _TYPES = {
     stat.S_IFIFO: "a FIFO",
@@ -111,7 +116,7 @@ def open_fd(path: str | os.PathLike[str], kind: Kind, *, dir_fd: int | None = No
     name = os.fspath(path)
     label = name if isinstance(name, str) else os.fsdecode(name)
     try:
-        fd = os.open(name, _FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, _flags(), dir_fd=dir_fd)
     except FileNotFoundError as exc:
         raise _refuse(kind, "no such file", label) from exc
     except IsADirectoryError as exc:
@@ -140,7 +145,7 @@ def _reopen_fifo(name: str | bytes, st: os.stat_result, dir_fd: int | None) -> i
     """A FIFO where a stream will do (a list of paths), opened again, blocking, so that
     reading waits for its writer as a FIFO should (the first, non-blocking open only saw
     what it was); refused if it is no longer the same FIFO."""
-    again = os.open(name, _FLAGS & ~getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    again = os.open(name, _flags() & ~getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
     now = os.fstat(again)
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         os.close(again)

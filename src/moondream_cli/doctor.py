@@ -73,6 +73,8 @@ class Report:
     self_check: SelfCheck
     problems: tuple[str, ...] = field(default=())
     leftovers: tuple[str, ...] = field(default=())  # work folders an interrupted run left
+    # Why a GPU build found no GPU (then every run is on the CPU); None otherwise.
+    gpu_missing: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -106,7 +108,7 @@ def platform_name() -> str:
 def gather(settings: Settings | None = None, *, self_check: bool = True) -> Report:
     """Look at this installation. With ``self_check``, run the privacy self-check too."""
     problems: list[str] = []
-    llama_version, backend, offload, devices = _backend(problems)
+    llama_version, backend, offload, devices, gpu_missing = _backend(problems)
     bundles = tuple(_bundle_states(problems))
     try:
         default = registry.require_default() if registry.installed_names() else None
@@ -140,6 +142,7 @@ def gather(settings: Settings | None = None, *, self_check: bool = True) -> Repo
         self_check=check,
         problems=tuple(problems),
         leftovers=tuple(left.describe() for left in paths.leftovers()),
+        gpu_missing=gpu_missing,
     )
 
 
@@ -160,14 +163,16 @@ def _home_source() -> str:
     return "XDG_DATA_HOME" if os.environ.get("XDG_DATA_HOME") else "default"
 
 
-def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, ...]]:
+def _backend(
+    problems: list[str],
+) -> tuple[str | None, str, bool, tuple[Device, ...], str | None]:
     try:
         from .engine import native
 
         native.route_logs_to_stderr(False)  # loads llama.cpp
     except Exception as exc:  # a broken build is exactly what doctor must report
         problems.append(f"llama-cpp-python cannot be loaded: {exc}")
-        return None, "unavailable", False, ()
+        return None, "unavailable", False, (), None
     offload = native.gpu_offload()
     devices = gpu_devices() if offload else ()
     if not offload:
@@ -177,7 +182,8 @@ def _backend(problems: list[str]) -> tuple[str | None, str, bool, tuple[Device, 
         names = [d.name.rstrip("0123456789") for d in devices]
         known = [b for b in ("CUDA", "Metal", "Vulkan", "SYCL", "ROCm", "HIP") if b + " :" in info]
         backend = (names or known or ["GPU"])[0]
-    return native.version(), backend, offload, devices
+    missing = None if offload else native.missing_gpu()
+    return native.version(), backend, offload, devices, missing
 
 
 def _bundle_states(problems: list[str]) -> list[BundleState]:

@@ -47,6 +47,7 @@ def run_job(job: Job, out: TextIO, progress: Progress) -> Outcome:
             skip=sink.skip,
             started=lambda model: _started(job, sink, progress, model),
             note=progress.info,
+            warn=progress.warn,
             on_text=sink.stream_text if stream else None,
         )
         try:

@@ -30,6 +30,12 @@ class OpenModel:
     preparation: Prepare  # how an image is decoded and fitted for this engine
     files: locate.ModelFiles
 
+    @property
+    def gpu_warning(self) -> str | None:
+        """What the user is told when this GPU build found no GPU (``Engine.gpu_missing``)."""
+        why = self.engine.gpu_missing
+        return f"{why}; --cpu runs there without this warning" if why else None
+
     def close(self) -> None:
         self.engine.close()
 

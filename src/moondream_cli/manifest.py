@@ -21,6 +21,7 @@ from typing import Any, TypeGuard
 
 from . import bounded
 from .errors import ModelError
+from .portable import read_flags
 
 MANIFEST = "manifest.json"
 VERIFIED = ".verified.json"
@@ -190,7 +191,7 @@ def clear_failed(directory: Path) -> None:
 def failed_check(directory: Path) -> str | None:
     """Why the bundle's last full check failed, or None if it did not (or none failed)."""
     try:
-        fd = os.open(directory / FAILED, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(directory / FAILED, read_flags())
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .portable import process_alive
+
 
 def mdream_home() -> Path:
     explicit = os.environ.get("MDREAM_HOME")
@@ -83,17 +85,3 @@ def _pid(folder_name: str) -> int | None:
     if len(parts) == 3 and parts[1].startswith("pid") and parts[1][3:].isdigit():
         return int(parts[1][3:])
     return None
-
-
-def process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OSError:
-        return False
-    return True

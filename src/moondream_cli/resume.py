@@ -30,6 +30,7 @@ from typing import BinaryIO
 from . import bounded
 from .errors import UsageError
 from .inputs import Source
+from .portable import appends
 from .records import FIELDS
 from .schemas import json_depth
 
@@ -165,9 +166,7 @@ def _same_file(path: str, fd: int) -> bool:
 
 
 def _refuse_replacing(path: str, fd: int) -> None:
-    import fcntl
-
-    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+    if not appends(fd):
         raise UsageError(
             "stdout writes over the file being resumed (the shell's '>' has emptied it "
             "already): append to it with '>>'",

@@ -91,7 +91,8 @@ def run_grep(job: Job, policy: GrepPolicy, out: TextIO, progress: Progress) -> G
     with job.sources() as sources:
         progress.start("images", None, unit="images")
         try:
-            results = backend_for(job.settings).results(job, sources, Hooks(note=progress.info))
+            hooks = Hooks(note=progress.info, warn=progress.warn)
+            results = backend_for(job.settings).results(job, sources, hooks)
             try:
                 hits = _hits(results, outcome, progress)
                 _print(hits if not policy.ranked else _ranked(hits, policy), policy, out, outcome)

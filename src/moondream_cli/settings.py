@@ -79,7 +79,7 @@ class ModelOptions:
 
     model_dir: Path | None = None  # None: $MDREAM_MODEL, else the default bundle
     cpu: bool = False  # stay on the CPU even when a GPU is there
-    threads: int | None = None  # None: physical cores
+    threads: int | None = None  # None: engine.default_threads()
     batch: int | None = None  # images answered together; None: the engine's plan
     fit: Fit = Fit.STRETCH  # the reference's stretch to the projector's square, or letterbox
     max_megapixels: float = 250  # larger images are refused (images.MAX_MEGAPIXELS, the same)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError, OutputError
+from .portable import set_mode
 
 # The longest file name Linux filesystems take, in bytes.
 NAME_MAX = 255
@@ -130,7 +131,7 @@ def write(
         with os.fdopen(out, "w", encoding="utf-8", newline="\n", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), _FILE_MODE if mode is None else mode)
+            set_mode(f.fileno(), shown.parent / tmp, _FILE_MODE if mode is None else mode)
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)

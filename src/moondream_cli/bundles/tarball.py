@@ -18,6 +18,7 @@ from typing import IO, Any
 from .. import bounded
 from .. import manifest as mf
 from ..errors import BundleError, MdreamError, ModelError, UsageError
+from ..portable import write_flags
 from ..progress import Progress
 
 SUFFIX = ".tar"
@@ -111,16 +112,17 @@ def _open_partial(partial: Path) -> IO[bytes]:
     except OSError as exc:
         raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(partial)) from exc
     else:
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()  # Windows: no owners here
+        if not stat.S_ISREG(st.st_mode) or not mine:
             raise BundleError(
                 "is in the way and is not a partial tarball of ours (a link, or another "
                 "user's file) — remove it, or write the tarball elsewhere",
                 path=str(partial),
             )
         partial.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | write_flags()  # binary on Windows
     try:
-        fd = os.open(partial, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(partial, flags, 0o644)
     except OSError as exc:
         raise BundleError(f"cannot write: {exc.strerror or exc}", path=str(partial)) from exc
     return os.fdopen(fd, "wb")

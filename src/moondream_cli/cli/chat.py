@@ -87,6 +87,8 @@ def chat_command(
     with Output(quiet=settings.console.quiet) as output:
         native.set_log_writer(output.native_log)
         with open_model(settings, max_tokens=ASK_MAX_TOKENS, batch=1) as model:
+            if model.gpu_warning:
+                output.warn(model.gpu_warning)
             conversation = _open(model, image)
             if terminal:
                 _interactive(model, conversation, image, out, output)

@@ -94,6 +94,8 @@ def render_text(report: Report, out: TextIO) -> None:
                 )
         else:
             rows.append(("gpu", "unknown (ggml's device list is not available)"))
+    if report.gpu_missing:
+        rows.append(("gpu", f"none: {report.gpu_missing}"))
     rows += [
         ("data", f"{report.mdream_home} (from {report.mdream_home_from})"),
         ("models", report.models_dir),

@@ -142,7 +142,12 @@ MODEL_OPTIONS: dict[str, Any] = {
     "cpu": Annotated[bool, flag("--cpu", help="Run on the CPU even when a GPU is available.")],
     "threads": Annotated[
         int | None,
-        number("--threads", "-t", help="CPU threads. Default: the physical cores."),
+        number(
+            "--threads",
+            "-t",
+            help="CPU threads. Default: the physical cores (the performance cores on Apple "
+            "silicon), at most the CPU quota of a container.",
+        ),
     ],
     "batch": Annotated[
         int | None,

@@ -4,7 +4,8 @@
 - :mod:`.batching`: continuous batching (:meth:`Engine.ask_many`), one loop over the slots.
 - :mod:`.slot`: :class:`~.slot.Slot`, one sequence and all of its state; ``Request``, ``Answer``.
 - :mod:`.runtime`: loading, and the evaluation steps both paths share; :class:`Timings`.
-- :mod:`.plan`: hardware probing and KV/batch sizing, as pure functions.
+- :mod:`.plan`: KV/batch sizing, as pure functions of the options and the hardware.
+- :mod:`.cpus`: the CPU: default threads (cores, Apple's performance cores, cgroup quota), AMX.
 - :mod:`.stream`: sampled tokens → text, and the stop rules.
 - :mod:`.native`: the only code that touches ctypes; one small owner per C object.
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from . import native
 from .core import Engine
+from .cpus import cpu_has_amx, default_threads, physical_cores
 from .options import EngineOptions, Sampling
-from .plan import CPU_UBATCH, Plan, cpu_has_amx, cpu_kv_cells, physical_cores
+from .plan import CPU_UBATCH, Plan, cpu_kv_cells
 from .runtime import Timings
 from .slot import Answer, Request
 
@@ -36,6 +38,7 @@ __all__ = [
     "Timings",
     "cpu_has_amx",
     "cpu_kv_cells",
+    "default_threads",
     "gpu_available",
     "physical_cores",
 ]

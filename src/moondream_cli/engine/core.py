@@ -61,6 +61,12 @@ class Engine:
         return self._rt.on_gpu
 
     @property
+    def gpu_missing(self) -> str | None:
+        """Why this GPU build runs on the CPU (no GPU it can use, e.g. a driver too old for
+        its CUDA), in one line; None on a GPU, with ``gpu=False``, or on a CPU build."""
+        return self._rt.gpu_missing
+
+    @property
     def load_seconds(self) -> dict[str, float]:
         """Seconds loading took, by part: "text model", "context", "mmproj"."""
         return dict(self._rt.load_seconds)

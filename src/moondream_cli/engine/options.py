@@ -10,7 +10,7 @@ from ..reference import Fit
 
 @dataclass(frozen=True)
 class EngineOptions:
-    threads: int | None = None  # None: physical cores
+    threads: int | None = None  # None: engine.default_threads()
     gpu: bool = True  # offload everything when the build supports it
     n_ctx: int = 2048  # per sequence, unless the CPU's automatic batch sizes them (seq_tokens)
     n_batch: int = 1024

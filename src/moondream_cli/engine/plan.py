@@ -8,13 +8,17 @@ bench/README.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 from ..gguf_meta import read_metadata
 from .options import EngineOptions
+
+if TYPE_CHECKING:
+    from .native import Device
 
 MAX_AUTO_BATCH = 32
 # The CPU's automatic batch: its KV caches together stay within this many times one
@@ -27,7 +31,10 @@ CPU_MAX_AUTO_BATCH = 7
 # in 512 (bench/README.md, "Micro-batches").
 CPU_UBATCH = 256
 GPU_UBATCH = 512
-GPU_FALLBACK_BATCH = 8  # when the free GPU memory cannot be read
+# When the GPU's free memory cannot be read: few enough sequences that their KV caches
+# (384 MiB each for Moondream2 at n_ctx 2048) fit beside the weights on a 4 GB card or an
+# 8 GB Mac; 8 did not.
+GPU_UNKNOWN_BATCH = 2
 # The most images whose prefills go in one llama_decode (batched prefill): n_batch grows to
 # hold them, and so do the host copies of their embeddings (6 MB an image for Moondream2).
 PREFILL_GROUP = 8
@@ -62,20 +69,24 @@ def plan(
     kv_bytes_per_position: int,
     gpu_free_bytes: int | None = None,
     prefill_positions: int | None = None,
+    gpu_pending_bytes: int = 0,
 ) -> Plan:
     """The layout for ``options`` on this machine.
 
     ``image_positions``: what "BOS, image" takes (:func:`image_positions`, None if unknown),
     to size the CPU's batch; ``kv_bytes_per_position``: one sequence's KV bytes per position;
-    ``gpu_free_bytes``: free GPU memory, when ``on_gpu`` (None if unknown);
-    ``prefill_positions``: what an image takes, to size n_batch for batched prefill.
+    ``gpu_free_bytes``: free GPU memory, when ``on_gpu`` (None if unknown:
+    :func:`gpu_free_bytes` of the devices); ``gpu_pending_bytes``: what is still to be loaded
+    there after it was read (the mmproj); ``prefill_positions``: what an image takes, to size
+    n_batch for batched prefill.
     """
     n_ctx = options.n_ctx
     sized_for: int | None = None
     if options.batch:
         batch, seq_positions = max(1, options.batch), n_ctx
     elif on_gpu:
-        batch, seq_positions = gpu_batch(gpu_free_bytes, kv_bytes_per_position * n_ctx), n_ctx
+        free = None if gpu_free_bytes is None else max(0, gpu_free_bytes - gpu_pending_bytes)
+        batch, seq_positions = gpu_batch(free, kv_bytes_per_position * n_ctx), n_ctx
     else:
         batch, seq_positions = cpu_batch(n_ctx, image_positions, options.seq_tokens)
         if batch > 1:
@@ -117,11 +128,33 @@ def cpu_batch(n_ctx: int, image: int | None, seq_tokens: int | None) -> tuple[in
 
 def gpu_batch(free_bytes: int | None, kv_bytes_per_sequence: int) -> int:
     """Sequences on a GPU: as many as half its free memory holds, counting each sequence's
-    KV cache twice (the compute buffers grow with the batch too)."""
+    KV cache twice (the compute buffers grow with the batch too); ``GPU_UNKNOWN_BATCH`` when
+    the free memory is unknown."""
     if free_bytes is None:
-        return GPU_FALLBACK_BATCH
+        return GPU_UNKNOWN_BATCH
     per_seq = 2 * kv_bytes_per_sequence
     return max(1, min(MAX_AUTO_BATCH, int(free_bytes * 0.5) // max(1, per_seq)))
+
+
+def gpu_free_bytes(devices: Iterable[Device]) -> int | None:
+    """Free memory on the GPUs llama.cpp spreads the model over, from each backend's own
+    figure (``ggml_backend_dev_memory``); None when one of them cannot say.
+
+    As llama.cpp picks its devices: the discrete GPUs when there are any, their memory added
+    up (it splits the layers, and their KV caches, across them); else the GPUs that share the
+    CPU's memory (Apple's Metal, integrated GPUs), whose figures all come out of the same
+    RAM, so it counts once: the largest of them.
+    """
+    devices = list(devices)
+    discrete = [d for d in devices if not d.unified]
+    if discrete:
+        if any(d.free_bytes is None for d in discrete):
+            return None
+        return sum(d.free_bytes or 0 for d in discrete)
+    unified = [d.free_bytes for d in devices]
+    if not unified or None in unified:
+        return None
+    return max(b or 0 for b in unified)
 
 
 def kv_bytes_per_position(n_layer: int, n_embd: int) -> int:
@@ -156,41 +189,3 @@ def image_positions(mmproj: os.PathLike[str] | str) -> int | None:
     if not isinstance(patch, int) or patch < 1:
         return None
     return (size // patch) ** 2 + 1
-
-
-@lru_cache(maxsize=1)
-def physical_cores() -> int:
-    """Physical cores (hyper-threads share one core's arithmetic units)."""
-    cores: set[tuple[str, str]] = set()
-    try:
-        phys = core = ""
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "physical id":
-                    phys = value
-                elif key == "core id":
-                    core = value
-                elif not key and (phys or core):
-                    cores.add((phys, core))
-                    phys = core = ""
-        if phys or core:
-            cores.add((phys, core))
-    except OSError:
-        pass
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(len(cores) or (logical or 1), logical or 1))
-
-
-@lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    """True on CPUs with Intel AMX (Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_int8" in line.split()
-    except OSError:
-        pass
-    return False

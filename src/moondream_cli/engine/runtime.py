@@ -24,8 +24,9 @@ from ..images import Pixels, fit
 from ..locate import ModelFiles
 from ..prompts import question_prompt
 from . import native
+from .cpus import cpu_has_amx, default_threads
 from .options import EngineOptions, Sampling
-from .plan import Plan, cpu_has_amx, image_positions, kv_bytes_per_position, physical_cores, plan
+from .plan import Plan, gpu_free_bytes, image_positions, kv_bytes_per_position, plan
 from .slot import Slot
 
 OwnedT = TypeVar("OwnedT", bound=native.Owned)
@@ -56,8 +57,10 @@ class Runtime:
         native.route_logs_to_stderr(options.verbose)
         native.catch_aborts()  # a GGML_ASSERT: one line and exit 3, not a core dump
         self.files = files
-        self.threads = options.threads or physical_cores()
+        self.threads = options.threads or default_threads()
         self.on_gpu = options.gpu and native.gpu_offload()
+        # A GPU build that found no GPU: why (None with --cpu, on a GPU, or a CPU build).
+        self.gpu_missing = native.missing_gpu() if options.gpu and not self.on_gpu else None
         self.timings = Timings()
         self.load_seconds: dict[str, float] = {}  # where loading went, by part
         self.slots: list[Slot] = []  # one per sequence
@@ -91,16 +94,7 @@ class Runtime:
         )
         self.model = self._own(model)
         lap("text model")
-        auto_gpu = self.on_gpu and not options.batch
-        positions = image_positions(self.files.mmproj)
-        self.plan: Plan = plan(
-            options,
-            on_gpu=self.on_gpu,
-            image_positions=None if self.on_gpu else positions,
-            kv_bytes_per_position=kv_bytes_per_position(self.model.n_layer, self.model.n_embd),
-            gpu_free_bytes=native.gpu_free_bytes() if auto_gpu else None,
-            prefill_positions=positions,
-        )
+        self.plan: Plan = self._plan(options)
         params = native.ContextParams(
             n_ctx=self.plan.n_ctx,
             n_batch=self.plan.n_batch,
@@ -130,6 +124,21 @@ class Runtime:
         self._step_batch = self._own(native.Batch(self.plan.batch))
         bos = self.model.bos
         self.bos_text = self.model.piece(bos, special=True) if bos >= 0 else b""
+
+    def _plan(self, options: EngineOptions) -> Plan:
+        """The layout; on a GPU, for the memory its backend says is free now that the text
+        model is in, less the mmproj still to come."""
+        auto_gpu = self.on_gpu and not options.batch
+        positions = image_positions(self.files.mmproj)
+        return plan(
+            options,
+            on_gpu=self.on_gpu,
+            image_positions=None if self.on_gpu else positions,
+            kv_bytes_per_position=kv_bytes_per_position(self.model.n_layer, self.model.n_embd),
+            gpu_free_bytes=gpu_free_bytes(native.gpu_devices()) if auto_gpu else None,
+            gpu_pending_bytes=self.files.mmproj.stat().st_size if auto_gpu else 0,
+            prefill_positions=positions,
+        )
 
     def _own(self, obj: OwnedT) -> OwnedT:
         self._owned.append(obj)

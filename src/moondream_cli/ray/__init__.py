@@ -34,6 +34,7 @@ from ..errors import InputError, ModelError, NetworkAttempted, UsageError
 from ..inputs import Source
 from ..records import Record
 from .auth import first_sentences, refuse_a_cluster_that_takes_no_token
+from .sizing import chunk_size, workers_for
 
 if TYPE_CHECKING:
     from ..backends import Hooks
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 INSTALL = "pip install 'mdream[ray]'"
 PROBE_SECONDS = 5  # how long the address may take to accept a connection
-CHUNK = 4  # images per task: enough to keep a worker's continuous batching fed
 AHEAD = 3  # chunks in flight per worker: bounds the driver's reorder buffer
 Item = tuple[int, Source]
 Skip = Callable[[Source], bool]
@@ -63,6 +63,7 @@ class RayBackend:
         if importlib.util.find_spec("ray") is None:  # what is missing here comes first
             raise UsageError(f"--ray needs the Ray extra: {INSTALL}")
         address = job.settings.cluster.ray or ""
+        _import_ray(address)  # without the extra, that is what to say, not the address
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--ray takes HOST:PORT (the head node's GCS port), not {address!r}")
@@ -92,9 +93,10 @@ class RayBackend:
         if hooks.notices:
             sys.stdout = link.caught
         try:
-            pool, workers, model = _start_workers(ray, job, link)
+            pool, workers, chunk, model = _start_workers(ray, job, link)
             hooks.started(model)
-            for result in _answers(pool, workers, enumerate(sources), hooks.skip, job, link):
+            items = enumerate(sources)
+            for result in _answers(pool, (workers, chunk), items, hooks.skip, job, link):
                 link.tell()
                 yield result
             hooks.note(
@@ -190,24 +192,22 @@ def _refuse_an_open_cluster() -> None:
         )
 
 
-def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, str]:
-    """Ray's own actor pool of ``--workers`` engines (default: one per node), models loaded,
-    and the model's name (the first worker's)."""
+def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, int, str]:
+    """Ray's own actor pool of engines, models loaded (:func:`workers_for`), the number of
+    workers, the images to hand one at a time (:func:`chunk_size`), and the model's name."""
     from ray.util import ActorPool
 
     from .worker import Worker
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    count = job.settings.cluster.workers or max(1, len(nodes))
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    if count > cpus:
-        # Ray would wait for ever for CPUs that do not exist (busy ones it waits for rightly).
-        raise UsageError(
-            f"{count} workers need {count} CPUs (one each); the Ray cluster has {cpus}: "
-            "pass a smaller --workers, or add nodes"
-        )
+    resources = ray.cluster_resources()
+    count, asks = workers_for(
+        job.settings.cluster.workers,
+        nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+        cpus=int(resources.get("CPU", 0)),
+        gpus=0 if job.settings.model.cpu else int(resources.get("GPU", 0)),
+    )
     remote = ray.remote(Worker).options(
-        num_cpus=1,
+        **asks,
         max_restarts=2,  # a worker that dies is started again ...
         max_task_retries=2,  # ... and its chunk handed to it again
         scheduling_strategy="SPREAD",
@@ -220,18 +220,24 @@ def _start_workers(ray: Any, job: Job, link: Link) -> tuple[Any, int, str]:
     except Exception as exc:  # ActorDiedError: it died loading the model (a GGML_ASSERT, OOM)
         why = first_sentences(str(exc), 1)[:300]
         raise ModelError(f"a Ray worker died while it loaded the model ({why})") from exc
-    for _, problem, _ in answers:
-        if problem is not None:
-            raise ModelError(problem)
-    on = len({node for node, _, _ in answers})
-    link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}")
-    return ActorPool(actors), count, answers[0][2]
+    for ready in answers:
+        if ready.problem is not None:
+            raise ModelError(ready.problem)
+    for node, missing in sorted({(r.node, r.gpu_missing) for r in answers if r.gpu_missing}):
+        link.note(f"on Ray node {node}: {missing}")
+    on = len({ready.node for ready in answers})
+    gpus = ", one GPU each" if "num_gpus" in asks else ""
+    link.note(f"{count} worker{'s' * (count > 1)} on {on} Ray node{'s' * (on > 1)}{gpus}")
+    chunk = chunk_size([ready.batch for ready in answers])
+    return ActorPool(actors), count, chunk, answers[0].model
 
 
 def _answers(
-    pool: Any, workers: int, items: Iterator[Item], skip: Skip, job: Job, link: Link
+    pool: Any, shape: tuple[int, int], items: Iterator[Item], skip: Skip, job: Job, link: Link
 ) -> Results:
-    """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight."""
+    """Results in input order (or as they finish), ``AHEAD`` chunks per worker in flight;
+    ``shape``: (workers, images per chunk)."""
+    workers, size = shape
     unordered = job.settings.cluster.unordered
     order: deque[int] = deque()  # indices not yet handed out, in input order
     done: dict[int, ImageResult] = {}
@@ -247,7 +253,7 @@ def _answers(
         else:
             chunk.append((index, source))
             sent[index] = source
-        if len(chunk) >= CHUNK:
+        if len(chunk) >= size:
             _submit(pool, chunk, link)
             chunk, in_flight = [], in_flight + 1
         while in_flight >= workers * AHEAD:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import guard
@@ -20,6 +21,18 @@ if TYPE_CHECKING:
     from ..inputs import Source
     from ..job import Job
     from ..loader import OpenModel
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a worker says once started: its node, and why it has no model (``problem``) or
+    its engine's batch, and why its GPU build runs on the CPU, if it does."""
+
+    node: str
+    problem: str | None
+    batch: int = 1
+    gpu_missing: str | None = None
+    model: str = ""  # the model's name, for what the driver writes (XMP sidecars)
 
 
 class Worker:
@@ -49,10 +62,12 @@ class Worker:
         except MdreamError as exc:
             self.problem = f"on Ray node {self.node}: {exc}"
 
-    def ready(self) -> tuple[str, str | None, str]:
-        """(the Ray node it runs on, None once the model is loaded, else why it is not, the
-        model's name)."""
-        return self.node_id, self.problem, self.model.files.name if self.model else ""
+    def ready(self) -> Ready:
+        """Where it runs, and its engine's batch and model once loaded, else why not."""
+        if self.model is None:
+            return Ready(self.node_id, self.problem or "the model is not loaded")
+        engine = self.model.engine
+        return Ready(self.node_id, None, engine.batch, engine.gpu_missing, self.model.files.name)
 
     def answer(self, chunk: list[tuple[int, Source]]) -> list[tuple[Any, ...]]:
         """``(index, [record fields])`` per input, or one ``("fatal", code, why)``: the

@@ -12,17 +12,17 @@ imported on first use, so importing this package (``mdream --help``) loads no na
 
 - :mod:`.text`: the text model, its context (KV cache, logits), batches, samplers;
 - :mod:`.vision`: the mmproj and the chunks of a prompt with an image;
-- :mod:`.system`: log routing, the GPU, the quantizer.
+- :mod:`.system`: log routing, the build, the quantizer;
+- :mod:`.devices`: the GPUs ggml found, their memory, and why a GPU build found none.
 """
 
 from __future__ import annotations
 
+from .devices import Device, backends, gpu_devices, missing_gpu, no_gpu_reason
+from .library import llama
 from .system import (
-    Device,
     LogSink,
     catch_aborts,
-    gpu_devices,
-    gpu_free_bytes,
     gpu_offload,
     grammar_error,
     quantize_gguf,
@@ -30,6 +30,7 @@ from .system import (
     route_logs_to_stderr,
     set_log_writer,
     stderr_sink,
+    sysctl_int,
     system_info,
     version,
 )
@@ -43,7 +44,6 @@ from .text import (
     Sampler,
     flash_attn_type,
     kv_overrides,
-    llama,
 )
 from .vision import Chunk, Chunks, Projector, mtmd
 
@@ -60,20 +60,23 @@ __all__ = [
     "Owned",
     "Projector",
     "Sampler",
+    "backends",
     "catch_aborts",
     "flash_attn_type",
     "gpu_devices",
-    "gpu_free_bytes",
     "gpu_offload",
     "grammar_error",
     "kv_overrides",
     "llama",
+    "missing_gpu",
     "mtmd",
+    "no_gpu_reason",
     "quantize_gguf",
     "route_logs",
     "route_logs_to_stderr",
     "set_log_writer",
     "stderr_sink",
+    "sysctl_int",
     "system_info",
     "version",
 ]

@@ -1,5 +1,5 @@
-"""The process's side of llama.cpp: where its log lines go, what GPU it can use, and its
-quantizer."""
+"""The process's side of llama.cpp: where its log lines go, what it was built with, and its
+quantizer (the GPUs it found: :mod:`.devices`)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ... import interrupt
-from .text import kv_overrides, llama
+from .library import init_log_bytes, llama
+from .text import kv_overrides
 from .vision import mtmd
 
 # -- the process: logging, GPU, quantizing ---------------------------------------------------
 LogSink = Callable[[bytes], None]
 
-_logs: dict[str, Any] = {"sink": None, "callback": None, "write": None}
+_logs: dict[str, Any] = {"sink": None, "callback": None, "write": None, "replayed": False}
 
 
 @interrupt.callback
@@ -64,8 +64,13 @@ def stderr_sink(text: bytes) -> None:
 
 
 def route_logs_to_stderr(verbose: bool) -> None:
-    """mdream's usual routing: log lines to stderr with ``verbose``, else nowhere."""
+    """mdream's usual routing: log lines to stderr with ``verbose``, else nowhere. The first
+    time with ``verbose``, what the backends said as they registered comes first."""
     route_logs(stderr_sink if verbose else None)
+    if verbose and not _logs["replayed"]:
+        _logs["replayed"] = True
+        for line in init_log_bytes():
+            stderr_sink(line)
 
 
 @contextlib.contextmanager
@@ -189,23 +194,21 @@ def system_info() -> str:
     return str(llama().llama_print_system_info().decode("utf-8", "replace"))
 
 
+def sysctl_int(name: str) -> int | None:
+    """An integer ``sysctlbyname`` value (macOS, the BSDs); None where there is none."""
+    try:
+        libc = ctypes.CDLL(None)
+        value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
+        if libc.sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
+            return None
+    except (OSError, AttributeError, TypeError):  # no sysctlbyname; Windows: no CDLL(None)
+        return None
+    return int(value.value) if size.value in (4, 8) else None
+
+
 def gpu_offload() -> bool:
     """Whether this llama.cpp build can offload to a GPU."""
     return bool(llama().llama_supports_gpu_offload())
-
-
-def gpu_free_bytes() -> int | None:
-    """Free memory on the current CUDA device, through the CUDA runtime llama.cpp loaded."""
-    for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"):
-        try:
-            cudart = ctypes.CDLL(name)
-        except OSError:
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
-            return int(free.value)
-        return None
-    return None
 
 
 def quantize_gguf(
@@ -234,58 +237,3 @@ def quantize_gguf(
         )
     finally:
         route_logs(None)
-
-
-@dataclass(frozen=True)
-class Device:
-    name: str
-    description: str
-    free_bytes: int | None
-    total_bytes: int | None
-
-
-_NOT_GPU = ("CPU", "BLAS", "AMX", "RPC")
-
-
-def gpu_devices(lib_dir: Path | None = None) -> tuple[Device, ...]:
-    """The GPUs ggml registered, with free/total memory; empty when the device API is missing.
-
-    llama-cpp-python does not bind ggml's device API, so it is called on the libraries the
-    package ships in ``lib_dir`` (default: its own, already loaded by llama_cpp).
-    """
-    if lib_dir is None:
-        lib_dir = Path(llama().__file__).parent / "lib"
-    try:
-        reg = _load_first(lib_dir, ("libggml.so", "libggml.dylib", "ggml.dll"))
-        base = _load_first(lib_dir, ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll"))
-        reg.ggml_backend_dev_count.restype = ctypes.c_size_t
-        reg.ggml_backend_dev_get.restype = ctypes.c_void_p
-        reg.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-            getattr(base, name).restype = ctypes.c_char_p
-            getattr(base, name).argtypes = [ctypes.c_void_p]
-        base.ggml_backend_dev_type.restype = ctypes.c_int
-        base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        size_p = ctypes.POINTER(ctypes.c_size_t)
-        base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-    except (OSError, AttributeError):
-        return ()
-    found: list[Device] = []
-    for i in range(int(reg.ggml_backend_dev_count())):
-        dev = reg.ggml_backend_dev_get(i)
-        name = (base.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace")
-        # Device types: 0 CPU, 1 GPU, 2 integrated GPU (older ggml: accelerator), 3 accelerator.
-        if base.ggml_backend_dev_type(dev) not in (1, 2) or name.upper().startswith(_NOT_GPU):
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        description = (base.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace")
-        found.append(Device(name, description, int(free.value) or None, int(total.value) or None))
-    return tuple(found)
-
-
-def _load_first(lib_dir: Path, names: tuple[str, ...]) -> ctypes.CDLL:
-    for name in names:
-        if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
-    raise OSError(f"none of {', '.join(names)} in {lib_dir}")

@@ -11,22 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import InputError, ModelError, UsageError
-
-_loaded: dict[str, Any] = {}
+from .library import llama
 
 OwnedT = TypeVar("OwnedT", bound="Owned")
-
-
-def llama() -> Any:
-    """``llama_cpp``, its backend initialised once per process."""
-    if "llama" not in _loaded:
-        # On a GGML_ASSERT ggml would start gdb from PATH to print a backtrace: never.
-        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-        import llama_cpp
-
-        llama_cpp.llama_backend_init()
-        _loaded["llama"] = llama_cpp
-    return _loaded["llama"]
 
 
 class Owned:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, ModelError
-from .text import Context, Model, Owned, flash_attn_type, llama
+from .library import llama
+from .text import Context, Model, Owned, flash_attn_type
 
 
 def mtmd() -> Any:
