@@ -246,7 +246,7 @@ class Half:
 
 def fdopen(fd, *args, **kwargs):
     f = real_fdopen(fd, *args, **kwargs)
-    return Half(f) if ".xmp." in os.readlink(f"/proc/self/fd/{fd}") else f
+    return Half(f) if "/.mdream-" in os.readlink(f"/proc/self/fd/{fd}") else f
 
 os.fdopen = fdopen
 """

@@ -70,7 +70,7 @@ CHECKS = (
     Check(
         "folder-xmp",
         ("describe", "pics", "-r", "--xmp"),
-        outputs=("pics/*.xmp", "pics/.*.xmp.*"),
+        outputs=("pics/*.xmp", "pics/.mdream-*.tmp"),
         env=(("SOURCE_DATE_EPOCH", "0"),),
         extra="exiv2",
     ),
