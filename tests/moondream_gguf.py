@@ -93,7 +93,7 @@ def write_text_model(
 ) -> Path:
     """The phi2 text model; ``chat_template`` embeds one, as ggml-org's file carries "vicuna"."""
     s, w = shape, _Weights(seed)
-    writer = _text_writer(path, s, "moondream2-shaped random text model", chat_template)
+    writer = text_model_writer(path, s, "moondream2-shaped random text model", chat_template)
     E, F, V = s.n_embd, s.n_ff, s.n_vocab
     writer.add_tensor("token_embd.weight", w.normal((V, E)))
     writer.add_tensor("output_norm.weight", w.ones(E))
@@ -112,11 +112,11 @@ def write_text_model(
         writer.add_tensor(p + "ffn_up.bias", w.zeros(F))
         writer.add_tensor(p + "ffn_down.weight", w.normal((E, F)))
         writer.add_tensor(p + "ffn_down.bias", w.zeros(E))
-    _finish(writer)
+    finish(writer)
     return path
 
 
-def _text_writer(
+def text_model_writer(
     path: Path, s: Shape, name: str, chat_template: str | None = None
 ) -> gguf.GGUFWriter:
     """A phi2 writer holding every key of Moondream2's text GGUF and GPT-2's vocabulary."""
@@ -158,7 +158,7 @@ def write_mmproj(
     """The CLIP mmproj; ``projector_input`` other than the vision width makes a projector
     like the 2025 releases' (wider input than this encoder gives), for the pairing checks."""
     s, w = shape, _Weights(seed)
-    writer = _mmproj_writer(path, s, "moondream2-shaped random mmproj")
+    writer = mmproj_writer(path, s, "moondream2-shaped random mmproj")
 
     VE, VF, P, E = s.v_embd, s.v_ff, s.patch, s.n_embd
     n_pos = (s.image_size // P) ** 2
@@ -183,11 +183,11 @@ def write_mmproj(
     writer.add_tensor("mm.0.bias", w.zeros(E))
     writer.add_tensor("mm.2.weight", w.normal((E, E)))
     writer.add_tensor("mm.2.bias", w.zeros(E))
-    _finish(writer)
+    finish(writer)
     return path
 
 
-def _mmproj_writer(path: Path, s: Shape, name: str, eps: float = 1e-6) -> gguf.GGUFWriter:
+def mmproj_writer(path: Path, s: Shape, name: str, eps: float = 1e-6) -> gguf.GGUFWriter:
     """A clip writer holding every key of Moondream2's mmproj (create_gguf.py's)."""
     writer = gguf.GGUFWriter(str(path), "clip")
     writer.add_name(name)
@@ -211,7 +211,7 @@ def _mmproj_writer(path: Path, s: Shape, name: str, eps: float = 1e-6) -> gguf.G
     return writer
 
 
-def _finish(writer: gguf.GGUFWriter) -> None:
+def finish(writer: gguf.GGUFWriter) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
