@@ -309,7 +309,8 @@ def yes_no(scene: Scene, rng: random.Random | None = None) -> QA:
     shape or both, answered " no"."""
     colour, shape = scene.colour, scene.shape
     if rng is not None and rng.random() < 0.5:
-        change = rng.choice(("colour", "shape", "both"))
+        # the shape alone is the hard case (the colour matches): half the "no"s
+        change = rng.choice(("colour", "shape", "shape", "both"))
         if change != "shape":
             colour = rng.choice([c for c in COLOURS if c != scene.colour])
         if change != "colour":
