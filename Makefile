@@ -31,7 +31,7 @@ LLAMA_SPEC := >=0.3.36,<0.4
 EXTRAS ?= $(if $(filter musl,$(shell ldd --version 2>&1 | grep -io musl | head -n 1)),test,dev)
 
 .PHONY: install system-deps run demo test test-fast lint fix bench bench-cluster bench-ref device-kit \
-  privacy-check clean
+  privacy-check clean train-tiny
 
 install: $(STAMP)
 
@@ -96,6 +96,17 @@ fix: install
 # Needs strace and util-linux; PRIVACY_ARGS="--model-dir DIR" picks another model.
 privacy-check: install system-deps
 	$(PY) scripts/privacy_check.py $(PRIVACY_ARGS)
+
+# Retrain the tiny Moondream the tests judge answers with (tests/data/shapes-moondream): about
+# 10 minutes on 2 cores; rewrites its weights, held-out images and golden answers. Needs torch
+# (the `train` extra); when it is missing, the CPU build is installed from PyTorch's own index
+# (PyPI's Linux wheel is the CUDA one, gigabytes). TRAIN_ARGS="--seed N" etc. go to the script.
+TRAIN_ARGS ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+train-tiny: install
+	$(PY) -c 'import torch' 2>/dev/null || \
+	  $(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) 'torch>=2.4'
+	$(PY) scripts/train_shapes.py $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated user state, the tiny Moondream2-shaped GGUF pair, a CLI runner."""
+"""Shared fixtures: isolated user state, the tiny Moondream2-shaped GGUF pairs (random and
+trained weights), a CLI runner."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Before numpy loads: OpenBLAS's threads spin too, and on a busy 2-core machine the numpy
+# reference of the trained tiny model (tests/shapes_reference.py) ran 16 times slower with
+# two of them than with one (27 ms a forward pass against 1.7).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 from PIL import Image, ImageDraw
 
 import moondream_gguf
+import shapes_gguf
 
 if TYPE_CHECKING:
     from moondream_cli import Moondream
@@ -54,6 +61,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-model")
     moondream_gguf.write_pair(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the tiny *trained* Moondream's GGUF pair, written from the committed
+    float16 weights (tests/data/shapes-moondream; its world: tests/shapes_world.py)."""
+    directory = tmp_path_factory.mktemp("trained-model")
+    shapes_gguf.write_pair(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained_md(trained_model: Path) -> Iterator[Moondream]:
+    """One loaded Moondream on the trained pair, shared by the tests that ask it things."""
+    from moondream_cli import Moondream
+
+    model = Moondream(trained_model)
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="session")

@@ -93,8 +93,35 @@ def write_text_model(
 ) -> Path:
     """The phi2 text model; ``chat_template`` embeds one, as ggml-org's file carries "vicuna"."""
     s, w = shape, _Weights(seed)
+    writer = text_model_writer(path, s, "moondream2-shaped random text model", chat_template)
+    E, F, V = s.n_embd, s.n_ff, s.n_vocab
+    writer.add_tensor("token_embd.weight", w.normal((V, E)))
+    writer.add_tensor("output_norm.weight", w.ones(E))
+    writer.add_tensor("output_norm.bias", w.zeros(E))
+    writer.add_tensor("output.weight", w.normal((V, E)))
+    writer.add_tensor("output.bias", w.zeros(V))
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", w.ones(E))
+        writer.add_tensor(p + "attn_norm.bias", w.zeros(E))
+        writer.add_tensor(p + "attn_qkv.weight", w.normal((3 * E, E)))
+        writer.add_tensor(p + "attn_qkv.bias", w.zeros(3 * E))
+        writer.add_tensor(p + "attn_output.weight", w.normal((E, E)))
+        writer.add_tensor(p + "attn_output.bias", w.zeros(E))
+        writer.add_tensor(p + "ffn_up.weight", w.normal((F, E)))
+        writer.add_tensor(p + "ffn_up.bias", w.zeros(F))
+        writer.add_tensor(p + "ffn_down.weight", w.normal((E, F)))
+        writer.add_tensor(p + "ffn_down.bias", w.zeros(E))
+    finish(writer)
+    return path
+
+
+def text_model_writer(
+    path: Path, s: Shape, name: str, chat_template: str | None = None
+) -> gguf.GGUFWriter:
+    """A phi2 writer holding every key of Moondream2's text GGUF and GPT-2's vocabulary."""
     writer = gguf.GGUFWriter(str(path), "phi2")
-    writer.add_name("moondream2-shaped random text model")
+    writer.add_name(name)
     writer.add_context_length(s.n_ctx)
     writer.add_embedding_length(s.n_embd)
     writer.add_feed_forward_length(s.n_ff)
@@ -122,27 +149,7 @@ def write_text_model(
     writer.add_add_bos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
-
-    E, F, V = s.n_embd, s.n_ff, s.n_vocab
-    writer.add_tensor("token_embd.weight", w.normal((V, E)))
-    writer.add_tensor("output_norm.weight", w.ones(E))
-    writer.add_tensor("output_norm.bias", w.zeros(E))
-    writer.add_tensor("output.weight", w.normal((V, E)))
-    writer.add_tensor("output.bias", w.zeros(V))
-    for i in range(s.n_layer):
-        p = f"blk.{i}."
-        writer.add_tensor(p + "attn_norm.weight", w.ones(E))
-        writer.add_tensor(p + "attn_norm.bias", w.zeros(E))
-        writer.add_tensor(p + "attn_qkv.weight", w.normal((3 * E, E)))
-        writer.add_tensor(p + "attn_qkv.bias", w.zeros(3 * E))
-        writer.add_tensor(p + "attn_output.weight", w.normal((E, E)))
-        writer.add_tensor(p + "attn_output.bias", w.zeros(E))
-        writer.add_tensor(p + "ffn_up.weight", w.normal((F, E)))
-        writer.add_tensor(p + "ffn_up.bias", w.zeros(F))
-        writer.add_tensor(p + "ffn_down.weight", w.normal((E, F)))
-        writer.add_tensor(p + "ffn_down.bias", w.zeros(E))
-    _finish(writer)
-    return path
+    return writer
 
 
 def write_mmproj(
@@ -151,24 +158,7 @@ def write_mmproj(
     """The CLIP mmproj; ``projector_input`` other than the vision width makes a projector
     like the 2025 releases' (wider input than this encoder gives), for the pairing checks."""
     s, w = shape, _Weights(seed)
-    writer = gguf.GGUFWriter(str(path), "clip")
-    writer.add_name("moondream2-shaped random mmproj")
-    writer.add_bool("clip.has_text_encoder", False)
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.has_llava_projector", True)
-    writer.add_string("clip.projector_type", "mlp")
-    writer.add_uint32("clip.vision.image_size", s.image_size)
-    writer.add_uint32("clip.vision.patch_size", s.patch)
-    writer.add_uint32("clip.vision.embedding_length", s.v_embd)
-    writer.add_uint32("clip.vision.feed_forward_length", s.v_ff)
-    writer.add_uint32("clip.vision.projection_dim", s.n_embd)
-    writer.add_uint32("clip.vision.attention.head_count", s.v_head)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_uint32("clip.vision.block_count", s.v_layer)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("general.file_type", 1)
+    writer = mmproj_writer(path, s, "moondream2-shaped random mmproj")
 
     VE, VF, P, E = s.v_embd, s.v_ff, s.patch, s.n_embd
     n_pos = (s.image_size // P) ** 2
@@ -193,11 +183,35 @@ def write_mmproj(
     writer.add_tensor("mm.0.bias", w.zeros(E))
     writer.add_tensor("mm.2.weight", w.normal((E, E)))
     writer.add_tensor("mm.2.bias", w.zeros(E))
-    _finish(writer)
+    finish(writer)
     return path
 
 
-def _finish(writer: gguf.GGUFWriter) -> None:
+def mmproj_writer(path: Path, s: Shape, name: str, eps: float = 1e-6) -> gguf.GGUFWriter:
+    """A clip writer holding every key of Moondream2's mmproj (create_gguf.py's)."""
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name(name)
+    writer.add_bool("clip.has_text_encoder", False)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_llava_projector", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_uint32("clip.vision.image_size", s.image_size)
+    writer.add_uint32("clip.vision.patch_size", s.patch)
+    writer.add_uint32("clip.vision.embedding_length", s.v_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", s.v_ff)
+    writer.add_uint32("clip.vision.projection_dim", s.n_embd)
+    writer.add_uint32("clip.vision.attention.head_count", s.v_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", eps)
+    writer.add_uint32("clip.vision.block_count", s.v_layer)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    # Without it llama.cpp silently uses gelu_quick (tools/mtmd/clip.cpp).
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("general.file_type", 1)
+    return writer
+
+
+def finish(writer: gguf.GGUFWriter) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import shapes_world
 from conftest import ROOT, draw_photo, run_mdream
 
 IMAGES = 6
@@ -85,8 +86,26 @@ def test_without_the_extra_the_error_names_the_install_command(
         _import_ray()
 
 
+# The trained tiny Moondream's world (tests/shapes_world.py): records that can be right or wrong.
+SHAPES_ALBUM = [
+    shapes_world.make(shape, colour, position, background, 60 + 20 * i, 140 - 10 * i)
+    for i, (shape, colour, position, background) in enumerate(
+        [
+            ("circle", "red", "left", "white"),
+            ("square", "blue", "right", "grey"),
+            ("triangle", "green", "top", "beige"),
+            ("star", "yellow", "bottom", "black"),
+            ("circle", "purple", "centre", "white"),
+            ("square", "orange", "top", "black"),
+        ]
+    )
+]
+
+
 @pytest.fixture(scope="module")
-def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def cluster_runs(
+    tiny_model: Path, trained_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
     """Every scenario run once on one cluster: their stdout, stderr and exit codes."""
     if not sys.platform.startswith("linux"):
         pytest.skip(
@@ -103,6 +122,10 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (album / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     sidecars = work / "sidecars"
     shutil.copytree(album, sidecars)
+    shapes = work / "shapes"
+    shapes.mkdir()
+    for i, scene in enumerate(SHAPES_ALBUM):
+        (shapes / f"{i}.png").write_bytes(shapes_world.encode(scene))
     many = work / "many"
     many.mkdir()
     for i in range(MANY):  # 24 distinct pictures, each under 5 names (hard links: cheap)
@@ -137,6 +160,9 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         f"{mdream} describe {album} --ray 127.0.0.1:6380 {common} --workers 3",
         # The Python API under --ray, records as JSON lines.
         f"{sys.executable} -c {shlex.quote(API_RUN)} {album} {tiny_model}",
+        # The trained model on its world: every record must be right, not only the same.
+        f"{mdream} describe {shapes} --ray 127.0.0.1:6380 -m {trained_model} --threads 1"
+        " --format jsonl",
         # Last, as it breaks the cluster: the second node dies (its raylet and the processes
         # it started, the worker among them, SIGKILLed) once the first records are out.
         f"bash -c '{mdream} describe {many} --ray 127.0.0.1:6380 {common} --format jsonl"
@@ -166,8 +192,8 @@ def cluster_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     out["run5"]["out"] = (work / "killed.jsonl").read_bytes()
     out["run7"]["out"] = (work / "resumed.jsonl").read_bytes()
-    out["run10"]["out"] = (work / "died.jsonl").read_bytes()
-    return {"runs": out, "sidecars": sidecars, "album": album, "many": many}
+    out["run11"]["out"] = (work / "died.jsonl").read_bytes()
+    return {"runs": out, "sidecars": sidecars, "album": album, "many": many, "shapes": shapes}
 
 
 def _records(stdout: bytes) -> list[dict[str, object]]:
@@ -278,12 +304,32 @@ def test_the_python_api_gives_the_clis_records(cluster_runs: dict[str, object]) 
 
 
 @pytest.mark.slow
+def test_the_clusters_records_are_right_on_the_trained_model(
+    cluster_runs: dict[str, object],
+) -> None:
+    run, shapes = _run(cluster_runs, 10), cluster_runs["shapes"]
+    assert run["rc"] == 0, run["err"]
+    assert isinstance(shapes, Path)
+    records = _records(run["out"])  # type: ignore[arg-type]
+    expected = [
+        {
+            "path": str(shapes / f"{i}.png"),
+            "answer": shapes_world.caption(scene).strip(),
+            "question": shapes_world.DESCRIBE,
+            "error": None,
+        }
+        for i, scene in enumerate(SHAPES_ALBUM)
+    ]
+    assert records == expected
+
+
+@pytest.mark.slow
 def test_a_node_that_dies_with_no_cpu_to_spare_ends_the_run_with_its_records_whole(
     cluster_runs: dict[str, object],
 ) -> None:
     # Its worker cannot start again (the head's one CPU is taken): once Ray's retries run out
     # the run stops with one line and exit 3, every record before it whole and in order.
-    died, local = _run(cluster_runs, 10), _run(cluster_runs, 6)
+    died, local = _run(cluster_runs, 11), _run(cluster_runs, 6)
     lines = str(died["err"]).splitlines()
     assert "node killed" in lines
     assert died["rc"] == 3, lines
