@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from moondream_cli.engine import Engine, EngineOptions, Sampling
 from moondream_cli.images import load_image
 from moondream_cli.locate import find_pair
 from moondream_cli.prompts import chat_prompt, question_prompt
+from terminal import Terminal
 
 QUESTIONS = ("What is it?", "What colour is it?", "Where is it?")
 
@@ -97,36 +96,6 @@ def test_piped_questions_get_one_answer_a_line_or_jsonl(tiny_model: Path, photo:
     assert [r["question"] for r in records] == list(QUESTIONS)
     assert [r["answer"] for r in records] == text.stdout.decode().splitlines()
     assert run_mdream("chat", "-", "-m", tiny_model).returncode == 2
-
-
-class Terminal:
-    """mdream chat on a pseudo-terminal of its own, as a person at a keyboard sees it."""
-
-    def __init__(self, *args: str | os.PathLike[str]) -> None:
-        pid, self.fd = pty.fork()
-        if pid == 0:  # the child: the terminal is its stdin, stdout and stderr
-            os.environ["PYTHONPATH"] = str(ROOT / "src")
-            os.execv(sys.executable, [sys.executable, "-m", "moondream_cli", *map(str, args)])
-        self.pid, self.screen = pid, ""
-
-    def read_until(self, text: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while text not in self.screen and time.monotonic() < deadline:
-            if select.select([self.fd], [], [], 0.5)[0]:
-                try:
-                    self.screen += os.read(self.fd, 4096).decode(errors="replace")
-                except OSError:
-                    break
-        assert text in self.screen, self.screen[-400:]
-        return self.screen
-
-    def type(self, keys: str) -> None:
-        os.write(self.fd, keys.encode())
-
-    def exit_code(self) -> int:
-        _, status = os.waitpid(self.pid, 0)
-        os.close(self.fd)
-        return os.waitstatus_to_exitcode(status)
 
 
 @pytest.mark.slow
