@@ -1,5 +1,7 @@
 """The main path on an OS without the POSIX-only calls: native Windows lacks ``os.O_NONBLOCK``,
-``fcntl``, ``os.fchmod`` (before Python 3.13), and its ``os.kill(pid, 0)`` kills.
+``fcntl``, ``os.fchmod`` (before Python 3.13), ``os.statvfs``, every call's ``dir_fd`` (it
+raises NotImplementedError there, and a folder cannot be ``os.open``-ed at all), and its
+``os.kill(pid, 0)`` kills.
 
 Each test takes the attribute away from the real ``os`` module (or makes ``import fcntl``
 fail) and runs a real describe in this process on the tiny model: a folder read, each image
@@ -9,6 +11,7 @@ its own JSONL output.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -25,18 +28,39 @@ from moondream_cli import paths, portable
 from moondream_cli.driver import run_job
 from moondream_cli.job import Job
 from moondream_cli.progress import Progress
-from moondream_cli.prompts import describe_task
+from moondream_cli.prompts import Style, describe_task
 from moondream_cli.records import Format
 from moondream_cli.settings import InputOptions, ModelOptions, OutputOptions, Settings
 
-POSIX_ONLY = ("O_NONBLOCK", "fchmod", "fcntl")
+POSIX_ONLY = ("O_NONBLOCK", "fchmod", "fcntl", "dir_fd", "statvfs")
+TAKES_DIR_FD = ("open", "stat", "lstat", "access", "replace", "rename", "unlink", "chmod", "mkdir")
 
 
 def _take_away(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if name == "fcntl":
         monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    elif name == "dir_fd":
+        _no_dir_fd(monkeypatch)
+    elif name == "statvfs":
+        monkeypatch.delattr(os, "statvfs")
+        monkeypatch.delattr(os, "fstatvfs")
     else:
         monkeypatch.delattr(os, name)
+
+
+def _no_dir_fd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on Windows: no call takes a folder's descriptor, and a folder cannot be opened."""
+    monkeypatch.setattr(os, "supports_dir_fd", set())
+    for call in TAKES_DIR_FD:
+
+        def windows(*args: object, _real: object = getattr(os, call), **kwargs: object) -> object:
+            if any(kwargs.get(k) is not None for k in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
+                raise NotImplementedError("dir_fd unavailable on this platform")
+            if _real is os.open and os.path.isdir(args[0]):  # type: ignore[arg-type]
+                raise PermissionError(13, "Permission denied", args[0])
+            return _real(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, call, windows)
 
 
 # All absent at once in the fast tier; each alone (a fallback that leaned on another call
@@ -56,7 +80,7 @@ def _describe(folder: Path, model: Path, out: io.TextIOBase, **outputs: object) 
         outputs=OutputOptions(**outputs),  # type: ignore[arg-type]
         model=ModelOptions(model_dir=model, threads=2),
     )
-    job = Job((str(folder),), (task.question,), settings, 4)
+    job = Job((str(folder),), (task.question,), settings, 4, style=Style.CAPTION)
     outcome = run_job(job, out, Progress())  # type: ignore[arg-type]
     return outcome.failed
 
@@ -68,9 +92,14 @@ def test_the_main_path_runs_without_the_posix_only_calls(
     (folder / "sub").mkdir(parents=True)
     draw_photo(seed=1).save(folder / "a.jpg")
     draw_photo(seed=2).save(folder / "sub" / "b.png")
-    # A sidecar run: every image read (O_NONBLOCK), every sidecar given its mode (fchmod).
-    assert _describe(folder, tiny_model, io.StringIO(), sidecar=True) == 0
-    for sidecar in (folder / "a.txt", folder / "sub" / "b.txt"):
+    # A sidecar run: every image read (O_NONBLOCK), every sidecar given its mode (fchmod),
+    # written in its folder (dir_fd), its filesystem asked whether it is read-only (statvfs);
+    # XMP sidecars too where the extra is installed.
+    xmp = importlib.util.find_spec("exiv2") is not None
+    assert _describe(folder, tiny_model, io.StringIO(), sidecar=True, xmp=xmp) == 0
+    written = [folder / "a.txt", folder / "sub" / "b.txt"]
+    written += [folder / "a.jpg.xmp", folder / "sub" / "b.png.xmp"] if xmp else []
+    for sidecar in written:
         assert sidecar.read_text().strip()
         umask = os.umask(0)
         os.umask(umask)

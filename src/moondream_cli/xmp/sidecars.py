@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .. import interrupt
 from ..errors import InputError
+from ..portable import read_flags
 from ..records import (
     XMP_EXT,
     SidecarName,
@@ -164,7 +165,7 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 def _read(path: Path) -> bytes | None:
     """The sidecar's bytes; None when there is none, or it is empty (nothing to keep)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = read_flags() | getattr(os, "O_NOFOLLOW", 0)
     if os.path.islink(path):
         raise _link(path)
     try:
