@@ -6,6 +6,7 @@ filesystem) under ``tmp_path``, as a host and as a container see them.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,20 @@ def test_elsewhere_there_is_no_apple_answer_and_the_sysctl_call_is_harmless() ->
         assert cpus.apple_performance_cores() is None
         assert native.sysctl_int("hw.perflevel0.physicalcpu") is None
     assert 1 <= cpus.default_threads() <= cpus.physical_cores()
+
+
+def test_windows_counts_one_record_per_physical_core(
+    fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GetLogicalProcessorInformationEx(RelationProcessorCore): one variable-sized record per
+    # core, each led by its relationship and size; 6 cores with 2 threads each here.
+    record = struct.pack("<II", 0, 48) + bytes(40)
+    assert native.count_cores(record * 6) == 6
+    assert native.count_cores(record * 2 + struct.pack("<II", 0, 0)) == 2  # a torn tail stops
+    assert native.count_cores(b"") == 0
+    if sys.platform != "win32":
+        assert native.windows_cores() is None  # no kernel32 is looked for
+    monkeypatch.setattr(native, "windows_cores", lambda: 6)
+    monkeypatch.setattr(cpus, "physical_cores", lambda: 12)  # logical CPUs, as a fallback
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)
+    assert cpus.default_threads() == 6

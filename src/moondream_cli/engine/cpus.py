@@ -21,8 +21,9 @@ from . import native
 @lru_cache(maxsize=1)
 def default_threads() -> int:
     """Threads when none are asked for: performance cores on Apple silicon, physical cores
-    elsewhere, at most the cgroup CPU quota on Linux."""
-    cores = apple_performance_cores() or physical_cores()
+    elsewhere (Windows asked through kernel32, Linux through /proc/cpuinfo), at most the
+    cgroup CPU quota on Linux."""
+    cores = apple_performance_cores() or native.windows_cores() or physical_cores()
     quota = cgroup_cpu_limit()
     return max(1, min(cores, quota)) if quota else cores
 

@@ -23,6 +23,7 @@ from .library import llama
 from .system import (
     LogSink,
     catch_aborts,
+    count_cores,
     gpu_offload,
     grammar_error,
     quantize_gguf,
@@ -33,6 +34,7 @@ from .system import (
     sysctl_int,
     system_info,
     version,
+    windows_cores,
 )
 from .text import (
     Batch,
@@ -62,6 +64,7 @@ __all__ = [
     "Sampler",
     "backends",
     "catch_aborts",
+    "count_cores",
     "flash_attn_type",
     "gpu_devices",
     "gpu_offload",
@@ -79,4 +82,5 @@ __all__ = [
     "sysctl_int",
     "system_info",
     "version",
+    "windows_cores",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -204,6 +205,44 @@ def sysctl_int(name: str) -> int | None:
     except (OSError, AttributeError, TypeError):  # no sysctlbyname; Windows: no CDLL(None)
         return None
     return int(value.value) if size.value in (4, 8) else None
+
+
+# GetLogicalProcessorInformationEx's RelationProcessorCore: one record per physical core.
+_RELATION_PROCESSOR_CORE = 0
+
+
+def windows_cores() -> int | None:
+    """Physical cores on Windows (``GetLogicalProcessorInformationEx``, as llama.cpp counts
+    them); None elsewhere or when the call fails."""
+    if sys.platform != "win32":
+        return None
+    try:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        size = ctypes.c_uint32(0)
+        kernel32.GetLogicalProcessorInformationEx(
+            _RELATION_PROCESSOR_CORE, None, ctypes.byref(size)
+        )
+        buffer = ctypes.create_string_buffer(size.value)
+        if not kernel32.GetLogicalProcessorInformationEx(
+            _RELATION_PROCESSOR_CORE, buffer, ctypes.byref(size)
+        ):
+            return None
+    except (OSError, AttributeError):
+        return None
+    return count_cores(buffer.raw[: size.value]) or None
+
+
+def count_cores(records: bytes) -> int:
+    """The processor-core records in a ``SYSTEM_LOGICAL_PROCESSOR_INFORMATION_EX`` buffer:
+    each starts with its relationship and its size in bytes (two little-endian DWORDs)."""
+    count = offset = 0
+    while offset + 8 <= len(records):
+        relationship, size = struct.unpack_from("<II", records, offset)
+        if size < 8:
+            break
+        count += relationship == _RELATION_PROCESSOR_CORE
+        offset += size
+    return count
 
 
 def gpu_offload() -> bool:
