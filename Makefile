@@ -98,7 +98,7 @@ privacy-check: install system-deps
 	$(PY) scripts/privacy_check.py $(PRIVACY_ARGS)
 
 # Retrain the tiny Moondream the tests judge answers with (tests/data/shapes-moondream): about
-# 10 minutes on 2 cores; rewrites its weights, held-out images and golden answers. Needs torch
+# 17 minutes on 2 cores; rewrites its weights, held-out images and golden answers. Needs torch
 # (the `train` extra); when it is missing, the CPU build is installed from PyTorch's own index
 # (PyPI's Linux wheel is the CUDA one, gigabytes). TRAIN_ARGS="--seed N" etc. go to the script.
 TRAIN_ARGS ?=

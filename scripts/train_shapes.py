@@ -47,9 +47,13 @@ CONFIG = ref.Config(
 )  # fmt: skip
 # How often each kind is trained on, relative to the others (captions and tags are long).
 KIND_WEIGHTS = {
-    "colour": 0.7, "shape": 1.5, "where": 0.7, "yesno": 3.0, "direction": 2.0,
+    "colour": 0.7, "shape": 1.5, "where": 0.7, "yesno": 4.0, "direction": 2.0,
     "background": 0.5, "caption": 2.0, "tags": 1.0, "json": 1.0,
 }  # fmt: skip
+# Conversations: a question after 1 to MAX_HISTORY earlier turns about the same image, as
+# `mdream chat` asks it (the reference's chat_history). Its accuracy is reported as CHAT.
+MAX_HISTORY = 3
+CHAT = "chat"
 
 
 # -- the model, under the reference's names ----------------------------------------------
@@ -229,33 +233,46 @@ def draw_many(seed: int, count: int, workers: int) -> tuple[np.ndarray, list[wor
     return np.concatenate([p for p, _ in parts]), [s for _, ss in parts for s in ss]
 
 
+# A question with the earlier turns of its conversation (question, answer), oldest first.
+Asked = tuple[tuple[tuple[str, str], ...], world.QA]
+
+
 class Vocab:
     """Every world question's prompt and every answer, tokenized once; the GPT-2 ids used as
-    input (embedding rows) and as output (head rows) mapped to compact ones."""
+    input (embedding rows) and as output (head rows) mapped to compact ones. The input rows
+    include every token an earlier turn of a conversation can bring (an answer in the
+    history is written after "Answer: ", stripped, as the reference wrote it)."""
 
     def __init__(self) -> None:
-        tok = ref.tokenizer()
+        self.tok = tok = ref.tokenizer()
         self.prompts = {q: tok.encode(ref.PROMPT.format(question=q)) for q in world.all_questions()}
         self.answers = {a: [*tok.encode(a), ref.EOS] for a in world.all_answers()}
+        turns = [tok.encode(ref.TURN.format(question="", answer=a.strip())) for a in self.answers]
         out = sorted({t for ids in self.answers.values() for t in ids})
         inp = sorted(
-            {ref.BOS} | {t for ids in [*self.prompts.values(), *self.answers.values()] for t in ids}
+            {ref.BOS}
+            | {t for ids in [*self.prompts.values(), *self.answers.values(), *turns] for t in ids}
         )
         self.vocab_in, self.vocab_out = np.array(inp), np.array(out)
         self.in_row = {t: i for i, t in enumerate(inp)}
         self.out_row = {t: i for i, t in enumerate(out)}
 
-    def sequence(self, qa: world.QA) -> tuple[list[int], list[int]]:
-        """Compact input ids (prompt + answer) and targets (-100 where not learned)."""
-        prompt, answer = self.prompts[qa.question], self.answers[qa.answer]
+    def prompt(self, history: tuple[tuple[str, str], ...], question: str) -> list[int]:
+        if not history:
+            return self.prompts[question]
+        return self.tok.encode(ref.prompt_text(question, history))
+
+    def sequence(self, asked: Asked) -> tuple[list[int], list[int]]:
+        """Compact input ids (prompt + answer) and targets (-100 where not learned: the
+        prompt, the history in it included)."""
+        history, qa = asked
+        prompt, answer = self.prompt(history, qa.question), self.answers[qa.answer]
         ids = [self.in_row[t] for t in prompt + answer[:-1]]
         targets = [-100] * (len(prompt) - 1) + [self.out_row[t] for t in answer]
         return ids, targets
 
 
-def batch(
-    vocab: Vocab, qas: list[list[world.QA]]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch(vocab: Vocab, qas: list[list[Asked]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input ids and targets for every (image, question), padded on the right, and which
     image each belongs to."""
     rows = [(i, *vocab.sequence(qa)) for i, asked in enumerate(qas) for qa in asked]
@@ -273,7 +290,18 @@ def normalised(pixels: np.ndarray) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def sample_questions(scene: world.Scene, rng: random.Random, k: int) -> list[world.QA]:
+def sample_questions(scene: world.Scene, rng: random.Random, k: int) -> list[Asked]:
+    return [((), qa) for qa in _sample(scene, rng, k)]
+
+
+def sample_conversation(scene: world.Scene, rng: random.Random, turns: int) -> Asked:
+    """A question after ``turns`` earlier turns about the same image, each answered right
+    (the conversation a user has with a model that answers right)."""
+    *before, last = _sample(scene, rng, turns + 1)
+    return tuple((qa.question, qa.answer) for qa in before), last
+
+
+def _sample(scene: world.Scene, rng: random.Random, k: int) -> list[world.QA]:
     asked = world.questions(scene, rng)
     weights = [KIND_WEIGHTS[qa.kind] for qa in asked]
     picked = []
@@ -286,7 +314,7 @@ def sample_questions(scene: world.Scene, rng: random.Random, k: int) -> list[wor
 
 
 def loss_and_hits(
-    model: TinyMoondream, vocab: Vocab, pixels: torch.Tensor, qas: list[list[world.QA]]
+    model: TinyMoondream, vocab: Vocab, pixels: torch.Tensor, qas: list[list[Asked]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids, targets, owner = batch(vocab, qas)
     hidden = model.hidden(pixels, owner, vocab.in_row[ref.BOS], ids)
@@ -309,7 +337,7 @@ def evaluate(
     """Exact-answer accuracy per kind (teacher-forced argmax = greedy answer), every question
     of every scene, each caption question."""
     model.eval()
-    right: dict[str, list[bool]] = {k: [] for k in world.KINDS}
+    right: dict[str, list[bool]] = {k: [] for k in (*world.KINDS, CHAT)}
     rng = random.Random(0)
     for start in range(0, len(scenes), 128):
         part = scenes[start : start + 128]
@@ -319,11 +347,15 @@ def evaluate(
             asked += [
                 world.QA("caption", q, world.caption(scene)) for q in world.CAPTION_QUESTIONS[1:]
             ]
-            qas.append(asked)
-        flat = [qa for asked in qas for qa in asked]
-        _, hits, _ = loss_and_hits(model, vocab, normalised(pixels[start : start + 128]), qas)
-        for qa, hit in zip(flat, hits.tolist(), strict=True):
-            right[qa.kind].append(hit)
+            qas.append([((), qa) for qa in asked])
+        flat = [qa.kind for asked in qas for _, qa in asked]
+        chats = [[sample_conversation(scene, rng, rng.randint(1, MAX_HISTORY))] for scene in part]
+        flat += [CHAT] * len(chats)
+        tensors = normalised(pixels[start : start + 128])
+        _, hits, _ = loss_and_hits(model, vocab, tensors, qas)
+        _, chat_hits, _ = loss_and_hits(model, vocab, tensors, chats)
+        for kind, hit in zip(flat, hits.tolist() + chat_hits.tolist(), strict=True):
+            right[kind].append(hit)
     model.train()
     return {k: sum(v) / len(v) for k, v in right.items()}
 
@@ -352,7 +384,12 @@ def train(args: argparse.Namespace, out: Path) -> dict[str, object]:
             group["lr"] = lr
         pick = [rng.randrange(len(scenes)) for _ in range(args.batch)]
         qas = [sample_questions(scenes[i], rng, args.questions) for i in pick]
-        loss, _, _ = loss_and_hits(model, vocab, normalised(pixels[pick]), qas)
+        tensors = normalised(pixels[pick])
+        loss, _, _ = loss_and_hits(model, vocab, tensors, qas)
+        # Conversations apart (their rows are long): one an image, as much as one question.
+        chats = [[sample_conversation(scenes[i], rng, rng.randint(1, MAX_HISTORY))] for i in pick]
+        chat_loss, _, _ = loss_and_hits(model, vocab, tensors, chats)
+        loss = (loss * args.questions + chat_loss) / (args.questions + 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -406,13 +443,16 @@ def save_weights(model: TinyMoondream, vocab: Vocab, path: Path) -> None:
 def reference_accuracy(model: ref.Model, seed: int, count: int) -> dict[str, object]:
     """The reference's greedy accuracy per kind on fresh images, unfiltered."""
     rng = random.Random(f"accuracy:{seed}")
-    right: dict[str, list[bool]] = {k: [] for k in world.KINDS}
+    right: dict[str, list[bool]] = {k: [] for k in (*world.KINDS, CHAT)}
     for i in range(count):
         scene = world.random_scene(random.Random(f"{seed}:accuracy:{i}"))
         image = model.encode_image(world.model_pixels(world.decode(world.encode(scene))))
         for qa in world.questions(scene, rng):
             tokens, _ = model.answer_encoded(image, qa.question)
             right[qa.kind].append(ref.tokenizer().decode(tokens) == qa.answer)
+        history, qa = sample_conversation(scene, rng, rng.randint(1, MAX_HISTORY))
+        tokens, _ = model.answer_encoded(image, qa.question, history=history)
+        right[CHAT].append(ref.tokenizer().decode(tokens) == qa.answer)
     return {k: f"{sum(v)}/{len(v)}" for k, v in right.items()}
 
 
@@ -467,7 +507,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ref.DATA)
     parser.add_argument("--seed", type=int, default=23)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32, help="images a step")
     parser.add_argument("--questions", type=int, default=6, help="questions an image a step")
     parser.add_argument("--images", type=int, default=12000)

@@ -30,6 +30,16 @@ DATA = Path(__file__).parent / "data" / "shapes-moondream"
 WEIGHTS = DATA / "weights.npz"
 BOS = EOS = moondream_gguf.GPT2_EOS
 PROMPT = "\n\nQuestion: {question}\n\nAnswer:"  # after BOS and the image
+# An earlier turn of a conversation, as the reference's sample.py kept its chat_history; the
+# history goes between the image and the new question ("\n\n{history}Question: …").
+TURN = "Question: {question}\n\nAnswer: {answer}\n\n"
+
+
+def prompt_text(question: str, history: tuple[tuple[str, str], ...] = ()) -> str:
+    """The text after BOS and the image for ``question`` after the ``history`` turns
+    (question, answer), as the reference's ``answer_question(..., chat_history=...)``."""
+    turns = "".join(TURN.format(question=q.strip(), answer=a.strip()) for q, a in history)
+    return "\n\n" + turns + PROMPT.format(question=question.strip())[2:]
 
 
 @dataclass(frozen=True)
@@ -201,8 +211,11 @@ class Model:
         """Next-token logits over ``vocab_out`` after each of ``tokens``, which follow BOS
         and the ``image`` embeddings: row i is what comes after ``tokens[: i + 1]``."""
         c, w = self.config, self.w
-        emb = w["text.wte"]
-        x = np.concatenate([emb[[self.row[BOS]]], image, emb[[self.row[t] for t in tokens]]])
+        # A token training never saw has a zero embedding row (as in the GGUF): the last one.
+        emb = np.concatenate([w["text.wte"], np.zeros_like(w["text.wte"][:1])])
+        unseen = len(emb) - 1
+        rows = [self.row.get(t, unseen) for t in tokens]
+        x = np.concatenate([emb[[self.row[BOS]]], image, emb[rows]])
         for i in range(c.n_layer):
             b = f"text.h.{i}."
             h = _layer_norm(x, w[b + "ln.weight"], w[b + "ln.bias"], c.text_eps)
@@ -212,8 +225,8 @@ class Model:
         x = _layer_norm(x, w["text.lm_head.ln.weight"], w["text.lm_head.ln.bias"], c.text_eps)
         return self._linear(x, "text.lm_head.linear")
 
-    def prompt(self, question: str) -> list[int]:
-        return tokenizer().encode(PROMPT.format(question=question.strip()))
+    def prompt(self, question: str, history: tuple[tuple[str, str], ...] = ()) -> list[int]:
+        return tokenizer().encode(prompt_text(question, history))
 
     def answer(
         self, pixels: np.ndarray, question: str, max_tokens: int = 48
@@ -223,10 +236,15 @@ class Model:
         return self.answer_encoded(self.encode_image(pixels), question, max_tokens)
 
     def answer_encoded(
-        self, image: np.ndarray, question: str, max_tokens: int = 48
+        self,
+        image: np.ndarray,
+        question: str,
+        max_tokens: int = 48,
+        history: tuple[tuple[str, str], ...] = (),
     ) -> tuple[list[int], list[float]]:
-        """:meth:`answer` for an image already encoded (:meth:`encode_image`)."""
-        tokens = self.prompt(question)
+        """:meth:`answer` for an image already encoded (:meth:`encode_image`), after the
+        ``history`` turns of a conversation, if any."""
+        tokens = self.prompt(question, history)
         out: list[int] = []
         margins: list[float] = []
         for _ in range(max_tokens):
