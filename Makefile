@@ -99,13 +99,16 @@ privacy-check: install system-deps
 
 # Retrain the tiny Moondream the tests judge answers with (tests/data/shapes-moondream): about
 # 17 minutes on 2 cores; rewrites its weights, held-out images and golden answers. Needs torch
-# (the `train` extra); when it is missing, the CPU build is installed from PyTorch's own index
-# (PyPI's Linux wheel is the CUDA one, gigabytes). TRAIN_ARGS="--seed N" etc. go to the script.
+# (the `train` extra); when it is missing, the version the committed model was trained with is
+# installed, the CPU build from PyTorch's own index (PyPI's Linux wheel is the CUDA one,
+# gigabytes); `TORCH_INDEX=` takes it from pip's own configuration instead (a local wheel,
+# offline). TRAIN_ARGS="--seed N" etc. go to the script.
 TRAIN_ARGS ?=
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 train-tiny: install
 	$(PY) -c 'import torch' 2>/dev/null || \
-	  $(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) 'torch>=2.4'
+	  $(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
 	$(PY) scripts/train_shapes.py $(TRAIN_ARGS)
 
 clean:
