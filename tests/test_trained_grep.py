@@ -56,7 +56,7 @@ def album(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, wor
     return folder, scenes
 
 
-def _grep(model: Path, *args: object) -> list[str]:
+def _grep(model: Path, *args: str | Path) -> list[str]:
     run = run_mdream("grep", *args, "-m", model, "-t", "2")
     assert run.returncode in (0, 1), run.stderr.decode()
     return run.stdout.decode().splitlines()
