@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import draw_photo, run_mdream
+from moondream_cli import sidecars
 from moondream_cli.errors import InputError, OutputError
 from moondream_cli.inputs import Source
 from moondream_cli.progress import Progress
@@ -31,7 +32,13 @@ def _answered(label: str) -> Iterator[ImageResult]:
     yield ImageResult(Source(label), [Record(label, "q", "an answer")])
 
 
-def test_a_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path: Path) -> None:
+# "path": as where the OS has no dir_fd (Windows), the folder checked by path before each write.
+@pytest.mark.parametrize("folders", ["descriptor", "path"])
+def test_a_folder_swapped_for_a_link_mid_run_is_not_written_through(
+    tmp_path: Path, folders: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if folders == "path":
+        monkeypatch.setattr(sidecars, "has_dir_fd", lambda: False)
     sub, other = tmp_path / "race" / "sub", tmp_path / "other"
     sub.mkdir(parents=True)
     other.mkdir()

@@ -14,10 +14,11 @@ followed. A full or read-only filesystem stops the run (exit 5): every further s
 fail too.
 
 Where the OS opens no file relative to a folder's descriptor (Windows: ``os.supports_dir_fd``
-is empty, and a folder cannot be opened at all), a :class:`Folder` is its resolved path: it
-is checked once to be a folder and not a link, and each sidecar is written by path, the same
-temporary file renamed over its name. A folder swapped for a link after that check is not
-caught there (creating links takes an administrator or developer mode on Windows).
+is empty, and a folder cannot be opened at all), a :class:`Folder` is its resolved path,
+checked each time to be a folder and not a link, and each sidecar is written by path, the
+same temporary file renamed over its name. A folder higher up that path swapped for a link,
+or a swap between the check and the write, is not caught there (creating links takes an
+administrator or developer mode on Windows).
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def open_folder(real: str, shown: str) -> Folder:
     """The folder at the absolute path ``real``, its descriptor opened a component at a time
     from ``/`` without following a link at any of them; errors name ``shown``."""
     if not has_dir_fd():
-        if os.path.islink(real) or not os.path.isdir(real):
+        if os.path.islink(real):
+            raise _swapped(shown)
+        if not os.path.isdir(real):
             raise InputError(f"cannot open its folder {shown}: not a folder")
         return Folder(real, None)
     fd = os.open("/", _DIR_FLAGS)
@@ -152,12 +155,16 @@ def open_folder(real: str, shown: str) -> Folder:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise InputError(
-                f"its folder {shown} is not the folder it was when the run began (a link "
-                "now): no sidecar is written through it"
-            ) from exc
+            raise _swapped(shown) from exc
         raise InputError(f"cannot open its folder {shown}: {exc.strerror or exc}") from exc
     return Folder(real, fd)
+
+
+def _swapped(shown: str) -> InputError:
+    return InputError(
+        f"its folder {shown} is not the folder it was when the run began (a link now): no "
+        "sidecar is written through it"
+    )
 
 
 def check_before(folder: Folder, name: str, overwrite: bool, shown: Path) -> bool:
