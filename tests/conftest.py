@@ -4,6 +4,7 @@ trained weights), a CLI runner."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +40,14 @@ Arg = str | os.PathLike[str]  # one command-line argument, as run_mdream takes t
 # once, when llama.cpp loads: set here, it reaches the engines this process loads as well as
 # the children each test starts (isolated_home keeps it set for them).
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+# The tests press Ctrl-C at the children they start. Started in the background by a script
+# (`make test &`: the shell starts it with SIGINT ignored), the suite would hand the ignored
+# SIGINT on to every child, and mdream, rightly, leaves an ignored SIGINT ignored, as `nohup`
+# and `&` mean. A Python handler is reset to the default at exec: the children start as from
+# a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
