@@ -100,6 +100,12 @@ class Model(Owned):
         self.bos = int(ll.llama_vocab_bos(self._vocab))
         self.eos = int(ll.llama_vocab_eos(self._vocab))
         self._grammars: dict[str, Grammar] = {}  # parsed once, copied for every answer
+        self.grammars_parsed = 0  # GBNF texts parsed for this vocabulary (each costs ms)
+
+    def parse_grammar(self, gbnf: str) -> Any:
+        """``llama_sampler_init_grammar`` for this vocabulary (root rule ``root``), counted."""
+        self.grammars_parsed += 1
+        return llama().llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
 
     def grammar(self, gbnf: str | None) -> Grammar | None:
         """The grammar ``gbnf`` for this model's vocabulary, parsed the first time it is asked
@@ -303,11 +309,10 @@ class Grammar(Owned):
     _what = "grammar"
 
     def __init__(self, model: Model, gbnf: str) -> None:
-        ll = llama()
-        ptr = ll.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
+        ptr = model.parse_grammar(gbnf)
         if not ptr:
             raise UsageError("the answer grammar is invalid")
-        super().__init__(ptr, ll.llama_sampler_free)
+        super().__init__(ptr, llama().llama_sampler_free)
 
 
 class Sampler(Owned):
@@ -329,7 +334,7 @@ class Sampler(Owned):
         super().__init__(chain, ll.llama_sampler_free)
         add = ll.llama_sampler_chain_add
         if isinstance(grammar, str):
-            rule = ll.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+            rule = model.parse_grammar(grammar)
         elif grammar is not None:
             rule = ll.llama_sampler_clone(grammar.ptr)
         if grammar is not None:
