@@ -77,9 +77,11 @@ else
 endif
 
 # Everything but the tests marked slow (child processes, strace, signals, a cluster, seconds of
-# model work): under 30 s on 2 cores, not minutes.
+# model work): under 30 s on 2 cores, not minutes. Two workers (pytest-xdist), each pinned to a
+# CPU of its own by tests/conftest.py; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
 # mypy checks what [tool.mypy] files names in pyproject.toml: src and tests, strict.
 lint: install

@@ -41,6 +41,15 @@ Arg = str | os.PathLike[str]  # one command-line argument, as run_mdream takes t
 # the children each test starts (isolated_home keeps it set for them).
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+# `make test-fast` runs two pytest workers (pytest-xdist), and each is pinned to a CPU of its
+# own before any engine starts a thread: the engines' default thread count is then 1 (the
+# cores a process may run on), and the two workers' spinning threads never share a core.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
+    _CPUS = sorted(os.sched_getaffinity(0))
+    if len(_CPUS) > 1:
+        os.sched_setaffinity(0, {_CPUS[int(_WORKER[2:]) % len(_CPUS)]})
+
 # The tests press Ctrl-C at the children they start. Started in the background by a script
 # (`make test &`: the shell starts it with SIGINT ignored), the suite would hand the ignored
 # SIGINT on to every child, and mdream, rightly, leaves an ignored SIGINT ignored, as `nohup`

@@ -91,7 +91,23 @@ class _Weights:
 def write_text_model(
     path: Path, shape: Shape = TINY, seed: int = 0, chat_template: str | None = None
 ) -> Path:
-    """The phi2 text model; ``chat_template`` embeds one, as ggml-org's file carries "vicuna"."""
+    """The phi2 text model; ``chat_template`` embeds one, as ggml-org's file carries "vicuna".
+    The tiny one is written once per test process and copied after that: packing GPT-2's
+    vocabulary takes the gguf writer 0.7 s, and many tests write a pair of their own."""
+    key = (shape, seed, chat_template)
+    if shape == TINY and key in _WRITTEN:
+        path.write_bytes(_WRITTEN[key])
+        return path
+    _write_text_model(path, shape, seed, chat_template)
+    if shape == TINY:
+        _WRITTEN[key] = path.read_bytes()
+    return path
+
+
+_WRITTEN: dict[tuple[Shape, int, str | None], bytes] = {}
+
+
+def _write_text_model(path: Path, shape: Shape, seed: int, chat_template: str | None) -> None:
     s, w = shape, _Weights(seed)
     writer = text_model_writer(path, s, "moondream2-shaped random text model", chat_template)
     E, F, V = s.n_embd, s.n_ff, s.n_vocab
@@ -113,7 +129,6 @@ def write_text_model(
         writer.add_tensor(p + "ffn_down.weight", w.normal((E, F)))
         writer.add_tensor(p + "ffn_down.bias", w.zeros(E))
     finish(writer)
-    return path
 
 
 def text_model_writer(

@@ -233,6 +233,7 @@ def test_a_line_that_is_not_exactly_an_mdream_record_is_refused(tmp_path: Path, 
         read_resumed(str(done), ["q"])
 
 
+@pytest.mark.slow
 def test_an_answered_image_costs_under_200_bytes_of_memory(tmp_path: Path) -> None:
     import gc
     import tracemalloc

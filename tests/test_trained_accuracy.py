@@ -22,6 +22,9 @@ IMAGES = 48
 SHAPE_CYCLE = (*world.SHAPES, "arrow")
 MAX_TOKENS = 40
 
+# 48 images × 7 questions: seconds of model work.
+pytestmark = pytest.mark.slow
+
 
 def fresh_scenes(count: int, seed: str) -> list[world.Scene]:
     return [

@@ -62,6 +62,7 @@ def test_the_golden_file_covers_every_question_kind_on_enough_images() -> None:
     assert all(g.tokens[-1] == ref.EOS for answers in GOLDEN.values() for g in answers)
 
 
+@pytest.mark.slow
 def test_the_golden_answers_are_the_reference_implementations_on_the_committed_weights() -> None:
     """Greedy decoding gives a sequence exactly when, fed that sequence, every step's
     winner is its next token: one pass an answer checks it."""
@@ -155,6 +156,7 @@ def quantized_md(
         yield md
 
 
+@pytest.mark.slow
 def test_mdream_answers_the_held_out_set_token_for_token_as_the_reference(
     trained_md: Moondream,
 ) -> None:
@@ -171,6 +173,7 @@ def test_mdream_answers_the_held_out_set_token_for_token_as_the_reference(
     assert run.worst_logit_gap < 0.1
 
 
+@pytest.mark.slow
 def test_q4_k_m_from_mdreams_quantizer_mostly_agrees_and_stays_accurate(
     quantized_md: Moondream,
 ) -> None:
@@ -184,6 +187,7 @@ def test_q4_k_m_from_mdreams_quantizer_mostly_agrees_and_stays_accurate(
     assert run.right >= 0.9 * run.total
 
 
+@pytest.mark.slow
 def test_without_the_copied_last_vision_block_llama_cpp_computes_something_else(
     trained_model: Path, tmp_path: Path
 ) -> None:
