@@ -73,7 +73,7 @@ class Header:
 class _Reader:
     """Reads a header from a read-only memory map: no copies, and a skipped token list costs
     one length read per token in one tight loop (GPT-2's 50,257 tokens and 50,000 merges in
-    about 20 ms; a call per token made every model load 0.15 s slower)."""
+    about 20 ms, against 97 ms with a method call per token)."""
 
     def __init__(self, buf: mmap.mmap, keep: frozenset[str]) -> None:
         self.buf, self.size, self.pos, self.keep = buf, len(buf), 0, keep
