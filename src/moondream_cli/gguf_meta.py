@@ -99,8 +99,7 @@ class _Reader:
         return n
 
     def string(self) -> str:
-        n = self.count(_MAX_STRING, "a string length of")
-        return self.read(n).decode("utf-8", errors="replace")
+        return self.strings(1, keep=True)[0]
 
     def value(self, vtype: int, key: str, depth: int = 0) -> object:
         if vtype in _SCALARS:
@@ -116,7 +115,8 @@ class _Reader:
         count = self.count(self.size - self.pos, "an array length of")
         keep = count <= _KEEP_ARRAY or key in self.keep
         if itype == _STRING:
-            return self.strings(count, keep=keep)
+            kept = self.strings(count, keep=keep)
+            return kept if keep else None
         if keep:
             return [self.value(itype, key, depth + 1) for _ in range(count)]
         if itype in _SCALARS:
@@ -126,9 +126,9 @@ class _Reader:
                 self.value(itype, key, depth + 1)
         return None
 
-    def strings(self, count: int, *, keep: bool) -> list[str] | None:
-        """``count`` strings, decoded when kept, else only stepped over: the loop a token
-        list takes, so no call per item."""
+    def strings(self, count: int, *, keep: bool) -> list[str]:
+        """``count`` strings, decoded when kept, else only stepped over (an empty list): the
+        loop a token list takes, so no call per item."""
         buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
         kept: list[str] = []
         for _ in range(count):
@@ -144,7 +144,7 @@ class _Reader:
                 kept.append(buf[pos : pos + n].decode("utf-8", errors="replace"))
             pos += n
         self.pos = pos
-        return kept if keep else None
+        return kept
 
     def skip(self, n: int) -> None:
         if n > self.size - self.pos:
